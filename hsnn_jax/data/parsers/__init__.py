@@ -1,0 +1,1 @@
+"""One parser per public file format; each returns a `RecDataset`. No tensorflow-datasets here."""
