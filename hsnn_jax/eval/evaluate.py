@@ -1,0 +1,90 @@
+"""Full-corpus evaluation of a `Scorer` on a `RecDataset` split, and the `topk.npz` writer.
+
+Users evaluated: those with a non-empty truth list in the split. Each is ranked against every item
+by exhaustive scoring (`hsnn_jax.retrieval.exhaustive`), with the items the user is known to have
+engaged with excluded:
+  split='valid': train items (when exclude_train);
+  split='test':  train items (when exclude_train) and valid items (when exclude_valid and the
+                 dataset has a valid split: they are known at test time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Sequence
+
+import numpy as np
+
+from hsnn_jax.data.types import CSR, RecDataset
+from hsnn_jax.eval import metrics as metrics_lib
+from hsnn_jax.models.scorer import Scorer, UserBatch
+from hsnn_jax.retrieval.exhaustive import exhaustive_top_k_for_users
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+  """metrics: {'recall@20': float, ...}; users [U] int32 dense ids; topk_items [U, Kmax] int32
+  dense item ids (-1 = none); topk_scores [U, Kmax] float32."""
+
+  metrics: Dict[str, float]
+  users: np.ndarray
+  topk_items: np.ndarray
+  topk_scores: np.ndarray
+
+
+def rows_of(csrs: Sequence[CSR], users: np.ndarray) -> CSR:
+  """Rows `users` of several CSRs, concatenated per user (row i: users[i]'s items). Vectorised."""
+  lengths = sum(c.lengths()[users] for c in csrs)
+  indptr = np.zeros(len(users) + 1, np.int64)
+  np.cumsum(lengths, out=indptr[1:])
+  values = np.empty(int(indptr[-1]), np.int32)
+  offset = indptr[:-1].copy()
+  for c in csrs:
+    n = c.lengths()[users]
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside its row
+    values[np.repeat(offset, n) + within] = c.values[np.repeat(c.indptr[:-1][users], n) + within]
+    offset += n
+  return CSR(indptr=indptr, values=values)
+
+
+def evaluate(scorer: Scorer, dataset: RecDataset, split: str = "test", ks: Sequence[int] = (10, 20),
+             *, make_user_batch: Callable[[np.ndarray], UserBatch], exclude_train: bool = True,
+             exclude_valid: bool = True, user_chunk: int = 256, item_chunk: int = 8192
+             ) -> EvalResult:
+  """Ranks the full corpus for every user with truth in `split` and computes ranking metrics.
+
+  Args:
+    scorer: the model's retrieval view.
+    dataset: the dataset (dense ids).
+    split: 'test' or 'valid'.
+    ks: metric cutoffs; the top max(ks) items are retrieved.
+    make_user_batch: user ids np[B] int32 -> UserBatch (history construction is the model's).
+    exclude_train: exclude each user's train items from the ranking.
+    exclude_valid: for split='test', also exclude valid items.
+    user_chunk, item_chunk: retrieval chunk sizes (memory vs speed).
+
+  Returns:
+    An `EvalResult`; metrics names are those of `metrics.ranking_metrics`.
+  """
+  if split not in ("test", "valid"):
+    raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+  truth_csr = getattr(dataset, split)
+  users = np.flatnonzero(truth_csr.lengths() > 0).astype(np.int32)
+  known = ([dataset.train] if exclude_train else []) + (
+      [dataset.valid] if split == "test" and exclude_valid and dataset.valid.nnz else [])
+  exclude = rows_of(known, users).to_padded()[0] if known else None
+  k_max = max(ks)
+  scores, items = exhaustive_top_k_for_users(
+      scorer, make_user_batch, users, k_max, num_items=dataset.num_items, user_chunk=user_chunk,
+      item_chunk=item_chunk, exclude=exclude)
+  truth = rows_of([truth_csr], users).to_padded()[0]
+  values = metrics_lib.ranking_metrics(items, truth, ks)
+  return EvalResult(metrics={name: float(v) for name, v in values.items()}, users=users,
+                    topk_items=items, topk_scores=scores)
+
+
+def save_topk(path: str, result: EvalResult, dataset: RecDataset) -> None:
+  """Writes `users` [U] and `items` [U, K] as int64 original ids (-1 padding kept) to an npz."""
+  items = result.topk_items
+  original = np.where(items >= 0, dataset.item_ids[np.maximum(items, 0)], -1).astype(np.int64)
+  np.savez(path, users=dataset.user_ids[result.users].astype(np.int64), items=original)
