@@ -32,7 +32,8 @@ class UserBatch:
   """What a user tower may read. B users.
 
   user:     [B] int32 dense user id.
-  history:  [B, H] int32 item ids the user engaged with (most recent last), -1 = padding.
+  history:  [B, H] int32 item ids the user engaged with, RIGHT-aligned: the most recent item
+            in the last slot, -1 padding at the front.
   features: [B, F] int32 categorical user features (0 = unknown); F may be 0.
   """
 

@@ -1,0 +1,53 @@
+"""Defaults shared by every config; each config file overrides what its experiment needs."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dataset = "synthetic_tiny"
+  c.cache_dir = "./cache"
+  c.seed = 0
+  c.progress_bar = True
+  c.data = ml_collections.ConfigDict()  # extra arguments for data preparation (see hsnn_jax/data/prepare.py)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.kind = "two_tower"
+  c.model.user_tower = "id_pooled"  # 'id' | 'id_pooled' | 'sequence'
+  c.model.score = "cosine"  # 'dot' | 'cosine'
+  c.model.temperature = 0.1
+  c.model.embed_dim = 64
+  c.model.history_len = 50
+  c.model.item_attrs = False
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.dropout = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.loss = "softmax"  # 'softmax' (sampled, in-batch + uniform negatives) | 'bpr' | 'bce'
+  c.train.logq_correction = True
+  c.train.batch_size = 1024
+  c.train.num_negatives = 1024
+  c.train.optimizer = "adamw"
+  c.train.learning_rate = 1e-3
+  c.train.weight_decay = 0.0
+  c.train.schedule = "cosine"
+  c.train.warmup_steps = 100
+  c.train.grad_clip = 0.0
+  c.train.num_steps = 10_000
+  c.train.max_sequence = 0  # > 0: keep only each user's latest max_sequence training items
+  c.train.log_every = 100
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = 0  # 0: no validation during training
+  c.train.patience = 0  # validations without improvement before stopping; 0: never stop early
+  c.train.inject_nan_at_step = -1  # fault injection for tests of the NaN guard
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ks = (10, 20, 50)
+  c.eval.split = "test"
+  c.eval.selection_metric = "recall@20"
+  c.eval.exclude_train = True
+  c.eval.user_chunk = 1024
+  c.eval.item_chunk = 16384
+  return c

@@ -1,0 +1,28 @@
+"""Gowalla (LightGCN split), two-tower with a cosine sampled-softmax objective.
+
+  python -m experiments.prepare --dataset=gowalla --manual_dir=../shared/data/lightgcn/gowalla
+  python -m experiments.train --config=experiments/configs/gowalla_two_tower.py --workdir=runs/gowalla_two_tower
+
+Full-corpus Recall@20 / NDCG@20 on test.txt, training items excluded (LightGCN protocol).
+The split has no validation set; `data.valid_fraction > 0` carves one out of train.txt for
+early stopping, at the price of training on less data, so the default trains a fixed schedule.
+"""
+
+from experiments.configs.defaults import base_config
+
+
+def get_config():
+  c = base_config()
+  c.dataset = "gowalla"
+  c.model.user_tower = "id"
+  c.model.score = "cosine"
+  c.model.temperature = 0.1
+  c.model.embed_dim = 64
+  c.train.batch_size = 2048
+  c.train.num_negatives = 2048
+  c.train.learning_rate = 1e-3
+  c.train.num_steps = 6000
+  c.train.log_every = 200
+  c.train.checkpoint_every = 1000
+  c.eval.ks = (10, 20, 50)
+  return c

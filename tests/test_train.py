@@ -1,0 +1,118 @@
+"""The train loop on the planted synthetic corpus: learning, resume, NaN guard, config refusal."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import tiny
+from hsnn_jax.train import trainer
+
+
+def _config(tmp_path, **train):
+  c = tiny.get_config()
+  c.cache_dir = str(tmp_path / "cache")
+  c.progress_bar = False
+  c.train.num_steps = 300
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 100
+  c.train.log_every = 50
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def _popularity_recall(ds, k=20):
+  """Recall@k of ranking every user by training popularity (the no-learning baseline)."""
+  counts = np.bincount(ds.train.values, minlength=ds.num_items)
+  hits, users = 0.0, 0
+  for u in range(ds.num_users):
+    truth = set(ds.test.row(u).tolist())
+    if not truth:
+      continue
+    seen = set(ds.train.row(u).tolist()) | set(ds.valid.row(u).tolist())
+    ranked = [i for i in np.argsort(-counts, kind="stable") if i not in seen][:k]
+    hits += len(truth & set(ranked)) / len(truth)
+    users += 1
+  return hits / users
+
+
+def test_learns_planted_corpus_and_writes_outputs(tmp_path):
+  cfg = _config(tmp_path)
+  wd = str(tmp_path / "run")
+  results = trainer.train_and_evaluate(cfg, wd)
+  ds = trainer.load_dataset(cfg)
+  baseline = _popularity_recall(ds)
+  assert results["metrics"]["recall@20"] > 1.25 * baseline, (results["metrics"], baseline)
+  with open(os.path.join(wd, "results.json")) as fh:
+    on_disk = json.load(fh)
+  assert set(on_disk) >= {"metrics", "config", "hardware"}
+  assert all(k == k.lower() for k in on_disk["metrics"])
+  with np.load(os.path.join(wd, "topk.npz")) as z:
+    assert z["items"].shape == (z["users"].shape[0], max(cfg.eval.ks))
+    assert set(np.unique(z["items"])) <= set(ds.item_ids.tolist()) | {-1}
+  lines = open(os.path.join(wd, "metrics.jsonl")).read().splitlines()
+  assert json.loads(lines[0])["step"] == 50
+  assert os.listdir(os.path.join(wd, "tensorboard"))
+
+
+def test_resume_after_lost_checkpoints_reproduces_the_run(tmp_path):
+  """A run that lost everything after step 100 resumes there and ends where the full run ended."""
+  cfg = _config(tmp_path)
+  wd = str(tmp_path / "run")
+  full = trainer.train_and_evaluate(cfg, wd)
+  ckpts = os.path.join(wd, "checkpoints")
+  for step in os.listdir(ckpts):
+    if step.isdigit() and int(step) > 100:
+      shutil.rmtree(os.path.join(ckpts, step))
+  resumed = trainer.train_and_evaluate(cfg, wd)
+  for k, v in full["metrics"].items():
+    assert resumed["metrics"][k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint_intact(tmp_path):
+  cfg = _config(tmp_path, inject_nan_at_step=150)
+  wd = str(tmp_path / "run")
+  with pytest.raises(trainer.NonFiniteError, match="step 150") as err:
+    trainer.train_and_evaluate(cfg, wd)
+  assert "step 100" in str(err.value)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
+  assert steps == [100]
+  # The intact checkpoint restores, and a fixed run resumes from it.
+  cfg.train.inject_nan_at_step = -1
+  results = trainer.train_and_evaluate(cfg, wd)
+  assert results["steps"] == cfg.train.num_steps
+  assert np.isfinite(results["metrics"]["recall@20"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.batch_size", 0, "train.batch_size=0"),
+    ("train.loss", "hinge", "train.loss='hinge'"),
+    ("model.user_tower", "graph", "model.user_tower='graph'"),
+    ("eval.ks", (0,), "eval.ks"),
+])
+def test_bad_config_is_refused_before_any_data_is_read(tmp_path, field, value, message):
+  cfg = _config(tmp_path)
+  cfg.dataset = "no_such_dataset"  # would raise FileNotFoundError if data were touched first
+  section, name = field.split(".")
+  cfg[section][name] = value
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "cache")
+
+
+def test_in_step_sampling_draws_valid_pairs_and_masks_the_label():
+  from hsnn_jax.data.synthetic import PRESETS, generate
+  from hsnn_jax.train.sampler import DeviceInteractions, sample_batch
+  ds = generate(PRESETS["synthetic_tiny"])
+  data = DeviceInteractions.from_dataset(ds, history_len=8)
+  batch = jax.jit(sample_batch, static_argnums=(2, 3, 4))(jax.random.PRNGKey(3), data, 64, 32, "full")
+  users, pos = np.asarray(batch.users.user), np.asarray(batch.positives)
+  for u, i, hist in zip(users, pos, np.asarray(batch.users.history)):
+    assert i in ds.train.row(u)
+    assert i not in hist  # the positive never leaks into its own history
+    assert set(hist[hist >= 0]) <= set(ds.train.row(u).tolist())
+  assert np.asarray(batch.negatives).max() < ds.num_items
