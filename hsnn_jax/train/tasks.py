@@ -24,16 +24,32 @@ from hsnn_jax.train.sampler import Batch, DeviceInteractions
 MODEL_KINDS = ("two_tower",)
 
 
+def _no_hook(step, params, aux):
+  del step
+  return params, aux
+
+
 @dataclasses.dataclass(frozen=True)
 class RetrievalTask:
-  """init(key, batch) -> params; loss(params, batch, key, data) -> (scalar, metrics dict);
-  scorer(params) -> Scorer; history: the sampler's history mode ('causal' | 'full' | 'none')."""
+  """How the trainer drives one model family.
 
-  init: Callable[[jax.Array, Batch], Any]
-  loss: Callable[[Any, Batch, jax.Array, DeviceInteractions], Tuple[jax.Array, Dict[str, jax.Array]]]
-  scorer: Callable[[Any], Scorer]
+  init(key, batch) -> (params, aux): trainable parameters and non-trainable state (e.g. the
+    index's balance window or an EMA teacher; `()` when there is none). Both are checkpointed.
+  loss(params, aux, batch, key, data, step) -> (scalar, (metrics dict, new aux)); jitted.
+  scorer(params, aux) -> Scorer, the retrieval view used for evaluation.
+  between_chunks(step, params, aux) -> (params, aux): host-side work between jitted chunks
+    (e.g. EM re-clustering); the identity by default.
+  report(params, aux) -> dict merged into results.json (e.g. index health).
+  history: the sampler's history mode ('causal' | 'full' | 'none').
+  """
+
+  init: Callable[[jax.Array, Batch], Tuple[Any, Any]]
+  loss: Callable[..., Tuple[jax.Array, Tuple[Dict[str, jax.Array], Any]]]
+  scorer: Callable[[Any, Any], Scorer]
   history: str
   history_len: int
+  between_chunks: Callable[[int, Any, Any], Tuple[Any, Any]] = _no_hook
+  report: Callable[[Any, Any], dict] = lambda params, aux: {}
 
 
 def item_keys_array(ds: RecDataset, max_keys: int = 0) -> np.ndarray | None:
@@ -57,18 +73,19 @@ def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> Retrieval
   history = {"sequence": "causal", "id_pooled": "full", "id": "none"}[mc.user_tower]
 
   def init(key, batch: Batch):
-    return module.init(key, batch.users, batch.positives)["params"]
+    return module.init(key, batch.users, batch.positives)["params"], ()
 
-  def loss(params, batch: Batch, key, data: DeviceInteractions):
+  def loss(params, aux, batch: Batch, key, data: DeviceInteractions, step):
+    del step
     candidates = jnp.concatenate([batch.positives, batch.negatives])
     logits = module.apply({"params": params}, batch.users, candidates, deterministic=False,
                           rngs={"dropout": key})
     logq = (losses.logq_offsets(batch.positives, batch.negatives, data.item_logq, data.num_items)
             if t.logq_correction else None)
     value = losses.retrieval_loss(logits, batch.positives, candidates, kind=t.loss, logq=logq)
-    return value, {"loss": value}
+    return value, ({"loss": value}, aux)
 
-  return RetrievalTask(init=init, loss=loss, scorer=lambda p: two_tower.make_scorer(module, p),
+  return RetrievalTask(init=init, loss=loss, scorer=lambda p, aux: two_tower.make_scorer(module, p),
                        history=history, history_len=m.history_len)
 
 

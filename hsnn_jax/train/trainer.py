@@ -43,6 +43,7 @@ class NonFiniteError(FloatingPointError):
 class TrainState:
   step: jax.Array  # [] int32
   params: Any
+  aux: Any  # the task's non-trainable state (see RetrievalTask.init)
   opt_state: Any
   key: jax.Array  # raw uint32 [2] PRNG key: drives sampling, so resuming replays batches
   bad_step: jax.Array  # [] int32, first step with a non-finite loss or gradient, -1 if none
@@ -88,8 +89,8 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict):
   def one_step(state: TrainState, data: DeviceInteractions):
     key, k_batch, k_model = jax.random.split(state.key, 3)
     batch = sample_batch(k_batch, data, t.batch_size, t.num_negatives, task.history)
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda p: task.loss(p, batch, k_model, data), has_aux=True)(state.params)
+    (loss, (metrics, aux)), grads = jax.value_and_grad(
+        lambda p: task.loss(p, state.aux, batch, k_model, data, state.step), has_aux=True)(state.params)
     if fail_at >= 0:
       loss = jnp.where(state.step == fail_at, jnp.nan, loss)
     ok = jnp.isfinite(loss) & _all_finite(grads)
@@ -97,7 +98,7 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict):
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     bad = jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step)
-    new = TrainState(step=state.step + 1, params=keep(params, state.params),
+    new = TrainState(step=state.step + 1, params=keep(params, state.params), aux=keep(aux, state.aux),
                      opt_state=keep(opt_state, state.opt_state), key=key, bad_step=bad)
     return new, metrics
 
@@ -113,9 +114,9 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict):
   return jax.jit(chunk, static_argnums=2, donate_argnums=0)
 
 
-def run_evaluation(task, params, ds: RecDataset, cfg, split: str):
+def run_evaluation(task, params, aux, ds: RecDataset, cfg, split: str):
   make_users = user_batch_for_eval(ds, task.history_len, include_valid=(split == "test"))
-  return evaluation.evaluate(task.scorer(params), ds, split=split, ks=tuple(cfg.eval.ks),
+  return evaluation.evaluate(task.scorer(params, aux), ds, split=split, ks=tuple(cfg.eval.ks),
                              make_user_batch=make_users, exclude_train=cfg.eval.exclude_train,
                              user_chunk=cfg.eval.user_chunk, item_chunk=cfg.eval.item_chunk)
 
@@ -159,10 +160,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   data = DeviceInteractions.from_dataset(ds, task.history_len, t.get("max_sequence", 0))
   init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
   example = sample_batch(train_key, data, t.batch_size, t.num_negatives, task.history)
-  params = task.init(init_key, example)
+  params, aux = task.init(init_key, example)
   tx = make_optimizer(t)
-  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), key=train_key,
-                     bad_step=jnp.int32(-1))
+  state = TrainState(step=jnp.int32(0), params=params, aux=aux, opt_state=tx.init(params),
+                     key=train_key, bad_step=jnp.int32(-1))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,
                       keep=t.keep_checkpoints)
   best_ckpt = Checkpointer(os.path.join(workdir, "best"), save_every=1, keep=1, async_save=False)
@@ -190,6 +191,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
           f"non-finite loss or gradient at step {bad}; training stopped. The last good checkpoint "
           f"is step {ckpt.latest_step()} in {ckpt.directory}; nothing after step {bad} was saved.")
     step += n
+    params, aux = task.between_chunks(step, state.params, state.aux)
+    state = state.replace(params=params, aux=aux)
     bar.update(n)
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics["examples_per_sec"] = n * t.batch_size / max(time.time() - start, 1e-9)
@@ -199,26 +202,26 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if step % t.checkpoint_every == 0 or step >= t.num_steps:
       ckpt.save(step, state, force=True)
     if use_valid and step % t.eval_every == 0:
-      result = run_evaluation(task, state.params, ds, cfg, "valid")
+      result = run_evaluation(task, state.params, state.aux, ds, cfg, "valid")
       writer.write(step, {f"valid/{k}": v for k, v in result.metrics.items()})
       if stopper.update(step, result.metrics[cfg.eval.selection_metric]):
-        best_ckpt.save(step, state.params, force=True)
+        best_ckpt.save(step, (state.params, state.aux), force=True)
       logging.info("step %d valid %s", step, result.metrics)
   bar.close()
   ckpt.close()
 
-  params = state.params
+  params, aux = state.params, state.aux
   if best_ckpt.latest_step() is not None:
-    params, best_step = best_ckpt.restore_latest(state.params)
+    (params, aux), best_step = best_ckpt.restore_latest((params, aux))
     logging.info("evaluating the best validation checkpoint (step %d)", best_step)
   best_ckpt.close()
-  result = run_evaluation(task, params, ds, cfg, cfg.eval.split)
+  result = run_evaluation(task, params, aux, ds, cfg, cfg.eval.split)
   writer.write(step, {f"{cfg.eval.split}/{k}": v for k, v in result.metrics.items()})
   writer.close()
   evaluation.save_topk(os.path.join(workdir, "topk.npz"), result, ds)
   results = {"metrics": result.metrics, "config": json.loads(cfg.to_json_best_effort()),
              "hardware": hardware_description(), "dataset": ds.summary(), "steps": step,
-             "split": cfg.eval.split,
+             "split": cfg.eval.split, **task.report(params, aux),
              "best_valid": None if stopper.best_step < 0 else {"step": stopper.best_step,
                                                                cfg.eval.selection_metric: stopper.best}}
   with open(os.path.join(workdir, "results.json"), "w") as fh:

@@ -1,0 +1,322 @@
+"""Hierarchical beam search over a `PublishedIndex` (METHOD.md §4, HSNN Alg. 2).
+
+For a batch of B users, inside one jit with static shapes:
+
+  level 0:      score every level-0 node, keep the top b_0;
+  level l > 0:  expand the kept nodes' children into a fixed-width candidate list (W_l slots,
+                -1 padded), score them, combine with the ancestors' scores, keep the top b_l;
+  item level:   gather the items under the kept leaves (W_items slots), drop padding and each
+                user's excluded items, score them with the item-level scorer, return the top K.
+
+Scoring: every stage has a `LevelScorer`, a `Scorer` plus the cached reprs of what it scores.
+Index levels score a node through its representative item's repr (HSNN: the node's features are
+the representative item's) or, for dot-product models, through the node embedding; the item
+level scores the corpus items. Candidate sets differ per user, so non-root stages vmap over
+users: score(user_repr[i:i+1], take_reprs(cache, cand_ids[i])). Each distinct `encode_users` runs
+once per batch, however many stages share it.
+
+Candidate lists are compacted: the children (or items) of the kept nodes are laid out back to
+back, best-scored node first, in W slots. W defaults to b_{l-1} * (widest node), so nothing is
+ever dropped; a smaller `max_candidates` bounds the work per query and drops the trailing
+(lowest-scored) nodes' children when they do not fit.
+
+Ensemble: the score that ranks a candidate at stage l is sum_j w[l][j] * s_j, over the scores s_j
+of the candidate's ancestors (j < l) and its own (j = l). `level_weights=None` uses only the
+current stage's score (w[l] = one-hot at l), so the item ranking is the item scorer's own, and
+beam search can be compared with exhaustive scoring of that scorer; "sum" adds all levels; or
+give one row of l + 1 weights per stage (L index levels, then the item level).
+
+Counts for cost accounting: `stage_scored` [B, L] non-padding nodes scored per level and
+`items_scored` [B] non-padding items scored (excluded items included: they are scored, then
+masked). Padding slots are computed too (static shapes) but not counted; `BeamSearch.widths`
+gives the padded work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional, Sequence, Tuple, Union
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hsnn_jax.eval.metrics import hit_matrix
+from hsnn_jax.index.published import PublishedIndex
+from hsnn_jax.models.scorer import PyTree, Scorer, UserBatch, take_reprs
+from hsnn_jax.retrieval.topk import fast_top_k
+
+Weights = Union[None, str, Sequence[Sequence[float]]]
+
+
+@chex.dataclass(frozen=True)
+class RetrievalResult:
+  """What any retrieval method returns for B queries.
+
+  scores:       [B, K] float32 descending; -inf where fewer than K items were eligible.
+  ids:          [B, K] int32 item ids, -1 where the score is -inf.
+  items_scored: [B] int32 (user, item) pairs scored by the item-level model.
+  stage_scored: [B, S] int32 pairs scored by each earlier stage (S index levels for beam search,
+                the cheap prefilter for two-stage retrieval, none for exhaustive).
+  """
+
+  scores: chex.Array
+  ids: chex.Array
+  items_scored: chex.Array
+  stage_scored: chex.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelScorer:
+  """One stage's scorer and the cached reprs of everything it may score.
+
+  scorer: `encode_users` gives this stage's user repr; `score(u [B], reprs [N]) -> [B, N]`.
+  reprs: pytree, every leaf [num_candidates, ...]: node reprs of an index level (indexed by
+    node id), or item reprs of the whole corpus (indexed by item id).
+  """
+
+  scorer: Scorer
+  reprs: PyTree
+
+
+def encode_ids(scorer: Scorer, ids: np.ndarray, chunk: int = 65536) -> PyTree:
+  """scorer.encode_items over ids [N] in fixed-size chunks (one compilation) -> leaves [N, ...]."""
+  ids = np.asarray(ids, np.int32)
+  chunk = max(1, min(int(chunk), ids.shape[0]))
+  encode = jax.jit(scorer.encode_items)
+  parts = []
+  for start in range(0, ids.shape[0], chunk):
+    block = ids[start:start + chunk]
+    padded = np.concatenate([block, np.full(chunk - block.shape[0], block[0], np.int32)])
+    parts.append(jax.tree.map(lambda x, n=block.shape[0]: x[:n], encode(jnp.asarray(padded))))
+  return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+
+
+def item_level_scorer(scorer: Scorer, num_items: int, chunk: int = 65536) -> LevelScorer:
+  """The item stage: every corpus item encoded once."""
+  return LevelScorer(scorer, encode_ids(scorer, np.arange(num_items), chunk))
+
+
+def representative_level_scorer(scorer: Scorer, index: PublishedIndex, level: int,
+                                chunk: int = 65536) -> LevelScorer:
+  """Scores a level's nodes as their representative items (HSNN serving)."""
+  return LevelScorer(scorer, encode_ids(scorer, np.asarray(index.representative[level]), chunk))
+
+
+def node_embedding_level_scorer(scorer: Scorer, index: PublishedIndex, level: int) -> LevelScorer:
+  """Scores a level's nodes by their embeddings [num_nodes, d]. Only meaningful for a scorer
+  whose item repr is a [N, d] vector in the space the index was built from (a dot product)."""
+  return LevelScorer(scorer, jnp.asarray(index.node_embedding[level], jnp.float32))
+
+
+def normalize_weights(level_weights: Weights, num_stages: int) -> Tuple[Tuple[float, ...], ...]:
+  """None -> current stage only; 'sum' -> all ones; else validated rows of 1..num_stages."""
+  if level_weights is None:
+    return tuple(tuple(float(j == l) for j in range(l + 1)) for l in range(num_stages))
+  if isinstance(level_weights, str):
+    if level_weights != "sum":
+      raise ValueError(f"level_weights must be None, 'sum' or rows of floats, got {level_weights!r}")
+    return tuple((1.0,) * (l + 1) for l in range(num_stages))
+  rows = tuple(tuple(float(w) for w in row) for row in level_weights)
+  if len(rows) != num_stages or any(len(row) != l + 1 for l, row in enumerate(rows)):
+    raise ValueError(f"level_weights needs {num_stages} rows of lengths 1..{num_stages}, "
+                     f"got lengths {[len(r) for r in rows]}")
+  return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """Everything static about one search: hashable, a jit static argument."""
+
+  encoders: Tuple  # distinct encode_users callables
+  encoder_of: Tuple[int, ...]  # per stage (L levels + items): index into encoders
+  scores: Tuple  # per stage: score callable
+  beams: Tuple[int, ...]  # per level: nodes kept (clipped to what exists)
+  widths: Tuple[int, ...]  # per stage: candidate slots (level 0: num_nodes[0])
+  k: int
+  weights: Tuple[Tuple[float, ...], ...]
+
+
+@flax.struct.dataclass
+class _Arrays:
+  """children[l] [n_l, C_l] and child_counts[l] [n_l] per non-leaf level; node_items [n, M],
+  item_counts [n] of the leaves; reprs per stage (L levels + items)."""
+
+  children: Tuple[jax.Array, ...]
+  child_counts: Tuple[jax.Array, ...]
+  node_items: jax.Array
+  item_counts: jax.Array
+  reprs: Tuple[PyTree, ...]
+
+
+def expand(beam: jax.Array, table: jax.Array, counts: jax.Array, width: int
+           ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Children of the kept nodes, back to back in `width` slots.
+
+  Args:
+    beam: [B, b] node ids, -1 = no node.
+    table: [n, C] children of each node, left-packed, -1 padded.
+    counts: [n] number of children of each node.
+    width: static number of slots W.
+
+  Returns:
+    cand [B, W] child ids (-1 in unused slots), slot [B, W] int32 position in `beam` of each
+    candidate's parent, valid [B, W] bool.
+  """
+  sizes = jnp.where(beam >= 0, counts[jnp.maximum(beam, 0)], 0)
+  ends = jnp.cumsum(sizes, axis=1)
+  pos = jnp.arange(width, dtype=ends.dtype)
+  slot = jax.vmap(lambda e: jnp.searchsorted(e, pos, side="right"))(ends)
+  slot = jnp.minimum(slot, beam.shape[1] - 1).astype(jnp.int32)
+  within = pos - (jnp.take_along_axis(ends, slot, axis=1)
+                  - jnp.take_along_axis(sizes, slot, axis=1))
+  valid = pos[None, :] < ends[:, -1:]
+  node = jnp.maximum(jnp.take_along_axis(beam, slot, axis=1), 0)
+  cand = table[node, jnp.clip(within, 0, table.shape[1] - 1)]
+  return jnp.where(valid, cand, -1), slot, valid
+
+
+def as_exclusions(exclude: Optional[jax.Array], batch: int) -> jax.Array:
+  """[B, E] int32 item ids to exclude (-1 padded); None -> [B, 1] of -1."""
+  if exclude is None:
+    return jnp.full((batch, 1), -1, jnp.int32)
+  chex.assert_shape(exclude, (batch, None))
+  return jnp.asarray(exclude, jnp.int32)
+
+
+def score_candidates(score, user_repr: PyTree, reprs: PyTree, cand: jax.Array) -> jax.Array:
+  """Per-user candidate scores: user_repr leaves [B, ...], cand [B, W] -> [B, W] float32.
+
+  Row i is score(user_repr[i:i+1], reprs[cand[i]]); -1 candidates score reprs[0] (mask them).
+  """
+  def one(user, ids):
+    return score(jax.tree.map(lambda x: x[None], user), take_reprs(reprs, ids))[0]
+
+  return jax.vmap(one)(user_repr, cand).astype(jnp.float32)
+
+
+def _keep(combined: jax.Array, ids: jax.Array, path: jax.Array, width: int):
+  """Top `width` of combined [B, W] -> (ids [B, width] with -1 for -inf, path rows)."""
+  top, pos = fast_top_k(combined, width)
+  kept = jnp.where(jnp.isneginf(top), -1, jnp.take_along_axis(ids, pos, axis=1))
+  return top, kept, jnp.take_along_axis(path, pos[..., None], axis=1)
+
+
+def _stage(spec: _Spec, stage: int, user_reprs, reprs, cand, valid, parent_path, slot):
+  """Scores one stage's candidates; returns (combined [B, W], path [B, W, stage + 1])."""
+  user = user_reprs[spec.encoder_of[stage]]
+  s = jnp.where(valid, score_candidates(spec.scores[stage], user, reprs, cand), -jnp.inf)
+  path = jnp.concatenate([jnp.take_along_axis(parent_path, slot[..., None], axis=1),
+                          s[..., None]], axis=2)
+  combined = jnp.einsum("bwl,l->bw", path, jnp.asarray(spec.weights[stage], jnp.float32))
+  return jnp.where(valid, combined, -jnp.inf), path
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _search(spec: _Spec, arrays: _Arrays, users: UserBatch, exclude: jax.Array
+            ) -> RetrievalResult:
+  num_levels = len(spec.beams)
+  batch = users.user.shape[0]
+  user_reprs = [encode(users) for encode in spec.encoders]
+
+  root = spec.scores[0](user_reprs[spec.encoder_of[0]], arrays.reprs[0]).astype(jnp.float32)
+  chex.assert_shape(root, (batch, spec.widths[0]))
+  path = root[..., None]
+  combined = jnp.einsum("bwl,l->bw", path, jnp.asarray(spec.weights[0], jnp.float32))
+  ids = jnp.broadcast_to(jnp.arange(spec.widths[0], dtype=jnp.int32), root.shape)
+  _, beam, path = _keep(combined, ids, path, spec.beams[0])
+  counted = [jnp.full((batch,), spec.widths[0], jnp.int32)]
+
+  for level in range(1, num_levels):
+    cand, slot, valid = expand(beam, arrays.children[level - 1], arrays.child_counts[level - 1],
+                               spec.widths[level])
+    combined, path = _stage(spec, level, user_reprs, arrays.reprs[level], cand, valid, path, slot)
+    counted.append(jnp.sum(valid, axis=1, dtype=jnp.int32))
+    _, beam, path = _keep(combined, cand, path, spec.beams[level])
+
+  cand, slot, valid = expand(beam, arrays.node_items, arrays.item_counts, spec.widths[-1])
+  items_scored = jnp.sum(valid, axis=1, dtype=jnp.int32)
+  valid &= ~hit_matrix(cand, exclude)
+  combined, _ = _stage(spec, num_levels, user_reprs, arrays.reprs[-1], cand, valid, path, slot)
+  k = min(spec.k, spec.widths[-1])
+  scores, pos = fast_top_k(combined, k)
+  ids = jnp.where(jnp.isneginf(scores), -1, jnp.take_along_axis(cand, pos, axis=1))
+  if k < spec.k:
+    scores = jnp.pad(scores, ((0, 0), (0, spec.k - k)), constant_values=-jnp.inf)
+    ids = jnp.pad(ids, ((0, 0), (0, spec.k - k)), constant_values=-1)
+  return RetrievalResult(scores=scores, ids=ids, items_scored=items_scored,
+                         stage_scored=jnp.stack(counted, axis=1))
+
+
+class BeamSearch:
+  """A compiled hierarchical beam search over one index with fixed scorers and beam widths.
+
+  Args:
+    index: the published index (L levels).
+    level_scorers: L LevelScorers, coarsest first; reprs of level l have num_nodes[l] rows.
+    item_scorer: the item stage's LevelScorer; reprs have num_items rows.
+    beam_widths: L ints, nodes kept per level (b_{L-1} leaves are expanded into items).
+    k: results per query.
+    level_weights: the ensemble (module docstring): None, 'sum', or L + 1 rows.
+    max_candidates: optional L ints, candidate slots per query for levels 1..L-1 and the item
+      level; None (or an entry <= 0) means every child of every kept node fits.
+
+  Call with users (B) and optional exclude [B, E] int32 (-1 padded). The jit cache is keyed on
+  this object's scorers, so reuse the object: same shapes never retrace.
+  """
+
+  def __init__(self, index: PublishedIndex, level_scorers: Sequence[LevelScorer],
+               item_scorer: LevelScorer, beam_widths: Sequence[int], k: int,
+               level_weights: Weights = None,
+               max_candidates: Optional[Sequence[int]] = None):
+    num_levels = index.num_levels
+    if len(level_scorers) != num_levels or len(beam_widths) != num_levels:
+      raise ValueError(f"need {num_levels} level scorers and beam widths, got "
+                       f"{len(level_scorers)} and {len(beam_widths)}")
+    if min(beam_widths) < 1 or k < 1:
+      raise ValueError(f"beam widths and k must be >= 1, got {tuple(beam_widths)}, k={k}")
+    if max_candidates is not None and len(max_candidates) != num_levels:
+      raise ValueError(f"max_candidates needs {num_levels} entries, got {len(max_candidates)}")
+    stages = list(level_scorers) + [item_scorer]
+    rows = [index.num_nodes[l] for l in range(num_levels)] + [index.num_items]
+    for l, (stage, n) in enumerate(zip(stages, rows)):
+      leading = {int(x.shape[0]) for x in jax.tree.leaves(stage.reprs)}
+      if leading != {n}:
+        raise ValueError(f"stage {l} reprs have leading dims {leading}, expected {n}")
+    tables = [np.asarray(c) for c in index.children] + [np.asarray(index.node_items)]
+    beams, widths = [min(int(beam_widths[0]), rows[0])], [rows[0]]
+    for l, table in enumerate(tables):
+      width = beams[-1] * table.shape[1]
+      if max_candidates is not None and max_candidates[l] > 0:
+        width = min(width, int(max_candidates[l]))
+      widths.append(width)
+      if l + 1 < num_levels:
+        beams.append(min(int(beam_widths[l + 1]), width))
+    encoders = []
+    for s in stages:
+      if not any(s.scorer.encode_users is e for e in encoders):
+        encoders.append(s.scorer.encode_users)
+    self.spec = _Spec(
+        encoders=tuple(encoders),
+        encoder_of=tuple(next(i for i, e in enumerate(encoders) if s.scorer.encode_users is e)
+                         for s in stages),
+        scores=tuple(s.scorer.score for s in stages), beams=tuple(beams), widths=tuple(widths),
+        k=int(k), weights=normalize_weights(level_weights, num_levels + 1))
+    self.arrays = _Arrays(
+        children=tuple(jnp.asarray(t) for t in tables[:-1]),
+        child_counts=tuple(jnp.asarray((t >= 0).sum(1).astype(np.int32)) for t in tables[:-1]),
+        node_items=jnp.asarray(tables[-1]),
+        item_counts=jnp.asarray((tables[-1] >= 0).sum(1).astype(np.int32)),
+        reprs=tuple(s.reprs for s in stages))
+    self.scorers = tuple(s.scorer for s in stages)
+
+  @property
+  def widths(self) -> Tuple[int, ...]:
+    """Candidate slots computed per query at each stage (L levels, then items), padding included."""
+    return self.spec.widths
+
+  def __call__(self, users: UserBatch, exclude: Optional[jax.Array] = None) -> RetrievalResult:
+    return _search(self.spec, self.arrays, users, as_exclusions(exclude, users.user.shape[0]))

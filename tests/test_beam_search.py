@@ -1,0 +1,185 @@
+"""Hierarchical beam search: equals exhaustive retrieval with full beams, widens monotonically,
+never returns padded or excluded items, and compiles once per shape."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hsnn_jax.index.publish import publish_index
+from hsnn_jax.models.scorer import Scorer, UserBatch
+from hsnn_jax.retrieval import beam_search as bs
+from hsnn_jax.retrieval.cost import exactness_at_k
+from hsnn_jax.retrieval.exhaustive import exhaustive_top_k
+
+NUM_USERS, NUM_ITEMS, DIM = 12, 300, 4
+NODES = (3, 4, 5)
+
+
+def tie_free_vectors(seed):
+  """Small-integer user and item vectors plus a last item coordinate item_id / 1024 (user weight
+  1): every dot product is exact in float32 and no two items tie for a user."""
+  rng = np.random.default_rng(seed)
+  users = np.concatenate([rng.integers(-3, 4, (NUM_USERS, DIM)), np.ones((NUM_USERS, 1))], 1)
+  items = np.concatenate([rng.integers(-3, 4, (NUM_ITEMS, DIM)),
+                          np.arange(NUM_ITEMS)[:, None] / 1024], 1)
+  return users.astype(np.float32), items.astype(np.float32)
+
+
+def dot_scorer(users, items, score=None):
+  return Scorer(encode_users=lambda ub: jnp.asarray(users)[ub.user],
+                encode_items=lambda ids: jnp.asarray(items)[ids],
+                score=score or (lambda u, v: u @ v.T), flops_per_pair=2 * (DIM + 1), name="dot")
+
+
+def user_batch(user_ids):
+  user_ids = np.asarray(user_ids, np.int32)
+  return UserBatch(user=jnp.asarray(user_ids), history=jnp.full((len(user_ids), 1), -1, jnp.int32),
+                   features=jnp.zeros((len(user_ids), 0), jnp.int32))
+
+
+def tiny_index(items, seed=0):
+  """A 3-level index over the items from skewed random codes (uneven fan-outs, empty prefixes)."""
+  rng = np.random.default_rng(seed)
+  codes = np.stack([rng.integers(0, k, NUM_ITEMS) if l == 0 else rng.zipf(1.8, NUM_ITEMS) % k
+                    for l, k in enumerate(NODES)], axis=1)
+  codebooks = [rng.normal(size=(k, items.shape[1])).astype(np.float32) for k in NODES]
+  return publish_index(codes, codebooks, items)
+
+
+def searcher(scorer, index, beams, k, node_scoring="representative", **kwargs):
+  make = (bs.representative_level_scorer if node_scoring == "representative"
+          else lambda s, i, l: bs.node_embedding_level_scorer(s, i, l))
+  levels = [make(scorer, index, l) for l in range(index.num_levels)]
+  return bs.BeamSearch(index, levels, bs.item_level_scorer(scorer, index.num_items), beams, k,
+                       **kwargs)
+
+
+def exclusions(seed, rows=NUM_USERS, width=25):
+  rng = np.random.default_rng(seed)
+  out = rng.integers(0, NUM_ITEMS, (rows, width)).astype(np.int32)
+  out[rng.random(out.shape) < 0.3] = -1
+  return jnp.asarray(out)
+
+
+@pytest.mark.parametrize("node_scoring", ["representative", "embedding"])
+@pytest.mark.parametrize("weights", [None, "index_sum"])
+def test_full_beams_equal_exhaustive_retrieval(node_scoring, weights):
+  users, items = tie_free_vectors(0)
+  scorer, index = dot_scorer(users, items), tiny_index(items)
+  if weights == "index_sum":  # ancestors steer the beams; the item ranking stays the model's
+    weights = ((1.0,), (1.0, 1.0), (0.5, 1.0, 2.0), (0.0, 0.0, 0.0, 1.0))
+  exclude = exclusions(1)
+  ub = user_batch(np.arange(NUM_USERS))
+  search = searcher(scorer, index, index.num_nodes, 40, node_scoring, level_weights=weights)
+  got = search(ub, exclude)
+  want_scores, want_ids = exhaustive_top_k(scorer, ub, 40, num_items=NUM_ITEMS, exclude=exclude)
+  np.testing.assert_array_equal(np.asarray(got.ids), np.asarray(want_ids))
+  np.testing.assert_array_equal(np.asarray(got.scores), np.asarray(want_scores))
+  np.testing.assert_array_equal(np.asarray(got.items_scored), NUM_ITEMS)
+  np.testing.assert_array_equal(np.asarray(got.stage_scored), np.tile(index.num_nodes, (12, 1)))
+
+
+def test_exactness_never_falls_as_beams_widen():
+  users, items = tie_free_vectors(3)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=3)
+  ub, exclude = user_batch(np.arange(NUM_USERS)), exclusions(4)
+  _, reference = exhaustive_top_k(scorer, ub, 20, num_items=NUM_ITEMS, exclude=exclude)
+  exactness, scored = [], []
+  for beams in [(1, 1, 1), (1, 2, 2), (2, 3, 4), (3, 8, 16), index.num_nodes]:
+    result = searcher(scorer, index, beams, 20)(ub, exclude)
+    exactness.append(exactness_at_k(np.asarray(result.ids), np.asarray(reference)))
+    scored.append(float(np.mean(result.items_scored)))
+  assert exactness == sorted(exactness), exactness
+  assert scored == sorted(scored), scored
+  assert exactness[0] < 1.0 and exactness[-1] == 1.0
+
+
+def test_leaf_beam_and_item_budget_give_nested_candidate_sets():
+  """Widening only the leaf beam or the item budget can only add candidates: the returned top-K
+  at the wider setting contains every exhaustive top-K item the narrower one found."""
+  users, items = tie_free_vectors(5)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=5)
+  ub = user_batch(np.arange(NUM_USERS))
+  _, reference = map(np.asarray, exhaustive_top_k(scorer, ub, 15, num_items=NUM_ITEMS))
+  leaf_beams = [((2, 4, b), None) for b in (1, 4, 12)]
+  item_budgets = [((2, 4, 12), (0, 0, m)) for m in (5, 40, 0)]  # 0: no budget
+  for sweep in (leaf_beams, item_budgets):
+    previous = [set()] * NUM_USERS
+    for beams, budget in sweep:
+      result = searcher(scorer, index, beams, 15, max_candidates=budget)(ub)
+      ids = np.asarray(result.ids)
+      found = [set(r) & set(t) for r, t in zip(ids, reference)]
+      assert all(p <= f for p, f in zip(previous, found))
+      previous = found
+      if budget and budget[-1]:
+        assert np.all(np.asarray(result.items_scored) <= budget[-1])
+    assert any(previous)
+
+
+def test_padded_and_excluded_items_are_never_returned():
+  users, items = tie_free_vectors(6)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=6)
+  ub, exclude = user_batch(np.arange(NUM_USERS)), exclusions(7, width=60)
+  k = 50  # more than one leaf holds, so rows run out of candidates and must pad
+  result = searcher(scorer, index, (1, 1, 1), k)(ub, exclude)
+  ids, scores = np.asarray(result.ids), np.asarray(result.scores)
+  assert (ids == -1).any()
+  np.testing.assert_array_equal(ids == -1, np.isneginf(scores))
+  for row, banned in zip(ids, np.asarray(exclude)):
+    real = row[row >= 0]
+    assert len(set(real)) == len(real)
+    assert not set(real) & set(banned[banned >= 0])
+    assert np.all(real < NUM_ITEMS)
+  eligible = np.asarray(result.items_scored)
+  assert np.all((ids >= 0).sum(axis=1) <= eligible)
+
+
+def test_same_shapes_never_retrace():
+  users, items = tie_free_vectors(8)
+  traces = []
+
+  def counting_score(u, v):
+    traces.append(1)  # runs only while tracing
+    return u @ v.T
+
+  scorer, index = dot_scorer(users, items, counting_score), tiny_index(items, seed=8)
+  search = searcher(scorer, index, (2, 3, 4), 10)
+  search(user_batch([0, 1, 2, 3]), exclusions(9, rows=4))
+  traced = len(traces)
+  assert traced > 0
+  for start in (4, 8):
+    search(user_batch(np.arange(start, start + 4)), exclusions(start, rows=4))
+  assert len(traces) == traced
+  search(user_batch([0, 1]), exclusions(9, rows=2))  # a new batch size compiles once more
+  assert len(traces) == 2 * traced
+
+
+def test_expand_lays_children_out_back_to_back():
+  table = jnp.array([[5, 6, -1], [7, -1, -1], [8, 9, 10]])
+  counts = jnp.array([2, 1, 3])
+  cand, slot, valid = bs.expand(jnp.array([[2, -1, 0], [1, 1, -1]]), table, counts, 6)
+  np.testing.assert_array_equal(cand, [[8, 9, 10, 5, 6, -1], [7, 7, -1, -1, -1, -1]])
+  np.testing.assert_array_equal(valid, np.asarray(cand) >= 0)
+  np.testing.assert_array_equal(np.asarray(slot)[0, :5], [0, 0, 0, 2, 2])
+  np.testing.assert_array_equal(np.asarray(slot)[1, :2], [0, 1])
+
+
+def test_representative_scorer_encodes_the_representatives():
+  users, items = tie_free_vectors(10)
+  index = tiny_index(items, seed=10)
+  level = bs.representative_level_scorer(dot_scorer(users, items), index, 1, chunk=3)
+  np.testing.assert_array_equal(level.reprs, items[index.representative[1]])
+
+
+def test_bad_arguments_raise():
+  users, items = tie_free_vectors(11)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=11)
+  with pytest.raises(ValueError, match="beam widths"):
+    searcher(scorer, index, (2, 2), 5)
+  with pytest.raises(ValueError, match="level_weights"):
+    searcher(scorer, index, (2, 2, 2), 5, level_weights=((1.0,), (1.0,)))
+  levels = [bs.representative_level_scorer(scorer, index, l) for l in range(3)]
+  with pytest.raises(ValueError, match="leading dims"):
+    bs.BeamSearch(index, levels[::-1], bs.item_level_scorer(scorer, NUM_ITEMS), (2, 2, 2), 5)
