@@ -14,7 +14,7 @@ Splits:
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -75,6 +75,21 @@ class CSR:
     offs = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
     out[rows, offs] = self.values[np.repeat(starts, take) + offs]
     return out, np.arange(max_len)[None, :] < take[:, None]
+
+
+def concat_rows(csrs: Sequence[CSR], users: np.ndarray) -> CSR:
+  """Rows `users` of several CSRs, concatenated per user (row i: users[i]'s items). Vectorised."""
+  lengths = sum(c.lengths()[users] for c in csrs)
+  indptr = np.zeros(len(users) + 1, np.int64)
+  np.cumsum(lengths, out=indptr[1:])
+  values = np.empty(int(indptr[-1]), np.int32)
+  offset = indptr[:-1].copy()
+  for c in csrs:
+    n = c.lengths()[users]
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside its row
+    values[np.repeat(offset, n) + within] = c.values[np.repeat(c.indptr[:-1][users], n) + within]
+    offset += n
+  return CSR(indptr=indptr, values=values)
 
 
 @dataclasses.dataclass(frozen=True)

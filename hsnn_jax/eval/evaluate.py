@@ -15,7 +15,7 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
-from hsnn_jax.data.types import CSR, RecDataset
+from hsnn_jax.data.types import RecDataset, concat_rows
 from hsnn_jax.eval import metrics as metrics_lib
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k_for_users
@@ -30,21 +30,6 @@ class EvalResult:
   users: np.ndarray
   topk_items: np.ndarray
   topk_scores: np.ndarray
-
-
-def rows_of(csrs: Sequence[CSR], users: np.ndarray) -> CSR:
-  """Rows `users` of several CSRs, concatenated per user (row i: users[i]'s items). Vectorised."""
-  lengths = sum(c.lengths()[users] for c in csrs)
-  indptr = np.zeros(len(users) + 1, np.int64)
-  np.cumsum(lengths, out=indptr[1:])
-  values = np.empty(int(indptr[-1]), np.int32)
-  offset = indptr[:-1].copy()
-  for c in csrs:
-    n = c.lengths()[users]
-    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside its row
-    values[np.repeat(offset, n) + within] = c.values[np.repeat(c.indptr[:-1][users], n) + within]
-    offset += n
-  return CSR(indptr=indptr, values=values)
 
 
 def evaluate(scorer: Scorer, dataset: RecDataset, split: str = "test", ks: Sequence[int] = (10, 20),
@@ -72,12 +57,12 @@ def evaluate(scorer: Scorer, dataset: RecDataset, split: str = "test", ks: Seque
   users = np.flatnonzero(truth_csr.lengths() > 0).astype(np.int32)
   known = ([dataset.train] if exclude_train else []) + (
       [dataset.valid] if split == "test" and exclude_valid and dataset.valid.nnz else [])
-  exclude = rows_of(known, users).to_padded()[0] if known else None
+  exclude = concat_rows(known, users).to_padded()[0] if known else None
   k_max = max(ks)
   scores, items = exhaustive_top_k_for_users(
       scorer, make_user_batch, users, k_max, num_items=dataset.num_items, user_chunk=user_chunk,
       item_chunk=item_chunk, exclude=exclude)
-  truth = rows_of([truth_csr], users).to_padded()[0]
+  truth = concat_rows([truth_csr], users).to_padded()[0]
   values = metrics_lib.ranking_metrics(items, truth, ks)
   return EvalResult(metrics={name: float(v) for name, v in values.items()}, users=users,
                     topk_items=items, topk_scores=scores)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsnn_jax.data.types import CSR, RecDataset
+from hsnn_jax.data.types import CSR, RecDataset, concat_rows
 from hsnn_jax.models.scorer import UserBatch
 
 HISTORY_MODES = ("causal", "full", "none")
@@ -124,8 +124,7 @@ def user_batch_for_eval(ds: RecDataset, history_len: int, include_valid: bool) -
   """
   known = ds.train
   if include_valid and ds.valid.nnz:
-    rows = [np.concatenate([ds.train.row(u), ds.valid.row(u)]) for u in range(ds.num_users)]
-    known = CSR.from_lists(rows)
+    known = concat_rows([ds.train, ds.valid], np.arange(ds.num_users))
   hist = right_aligned(known, history_len)
   feats = ds.user_features if ds.user_features is not None else np.zeros((ds.num_users, 0), np.int32)
 
