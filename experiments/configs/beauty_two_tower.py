@@ -18,15 +18,17 @@ def get_config():
   c.model.score = "cosine"
   c.model.temperature = 0.05
   c.model.embed_dim = 64
-  c.model.history_len = 50
+  c.model.history_len = 20  # Beauty sequences average ~9 items; 20 slots cover nearly all
   c.model.num_layers = 2
   c.model.num_heads = 2
   c.model.dropout = 0.3
-  c.train.batch_size = 512
-  c.train.num_negatives = 2048
-  c.train.learning_rate = 1e-3
+  # Every window position is a training target (SASRec-style), so a batch of 256 windows
+  # carries ~2,000 next-item targets against 512 shared uniform negatives.
+  c.train.batch_size = 256
+  c.train.num_negatives = 512
+  c.train.learning_rate = 2e-3
   c.train.weight_decay = 0.0
-  c.train.num_steps = 8000
+  c.train.num_steps = 6000
   c.train.log_every = 200
   c.train.checkpoint_every = 1000
   c.train.eval_every = 1000

@@ -120,20 +120,26 @@ class TwoTower(nn.Module):
     chex.assert_rank(item_ids, 1)
     return self._normalize(self._item_vectors(item_ids))
 
+  def encode_positions(self, users: UserBatch, *, deterministic: bool = True):
+    """Sequence tower at every position: [B, H, D]; position i has seen history[:, :i+1]."""
+    c = self.config
+    hist = users.history[:, -c.max_history:]
+    mask = hist >= 0
+    h = self._item_vectors(hist) * np.sqrt(c.embed_dim)
+    h = h + self.position(jnp.arange(hist.shape[1]))[None]
+    h = self.input_dropout(h, deterministic=deterministic) * mask[..., None]
+    for block in self.blocks:
+      h = block(h, mask, deterministic=deterministic) * mask[..., None]
+    return self._normalize(self.final_norm(h))
+
   def encode_users(self, users: UserBatch, *, deterministic: bool = True):
     """UserBatch (B users, history [B, H]) -> [B, D]."""
     c = self.config
     chex.assert_rank([users.user, users.history], [1, 2])
     mask = users.history_mask
     if c.user_tower == "sequence":
-      hist = users.history[:, -c.max_history:]
-      mask = mask[:, -c.max_history:]
-      h = self._item_vectors(hist) * np.sqrt(c.embed_dim)
-      h = h + self.position(jnp.arange(hist.shape[1]))[None]
-      h = self.input_dropout(h, deterministic=deterministic) * mask[..., None]
-      for block in self.blocks:
-        h = block(h, mask, deterministic=deterministic) * mask[..., None]
-      u = self.final_norm(h[:, -1])  # history is right-aligned: the last slot is the latest item
+      # History is right-aligned: the last slot holds the latest item.
+      return self.encode_positions(users, deterministic=deterministic)[:, -1]
     else:
       u = self.user_table(users.user)
       if c.user_tower == "id_pooled":
@@ -151,6 +157,10 @@ class TwoTower(nn.Module):
     """[B, D] x [N, D] -> [B, N] logits."""
     logits = jnp.einsum("bd,nd->bn", user_repr, item_repr)
     return logits / self.config.temperature if self.config.score == "cosine" else logits
+
+  def encode_items_nd(self, item_ids):
+    """item_ids of any shape [...] -> [..., D]."""
+    return self._normalize(self._item_vectors(item_ids))
 
   def __call__(self, users: UserBatch, item_ids, *, deterministic: bool = True):
     """Logits [B, N] of every user against every item in item_ids [N]."""

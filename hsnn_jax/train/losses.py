@@ -56,3 +56,22 @@ def retrieval_loss(logits, positives, candidates, *, kind: str, logq=None):
     pos_loss = optax.sigmoid_binary_cross_entropy(pos, jnp.ones_like(pos))
     return jnp.mean(pos_loss) + jnp.sum(neg * neg_mask) / jnp.maximum(jnp.sum(neg_mask), 1.0)
   raise ValueError(f"loss kind {kind!r}: expected one of {LOSSES}")
+
+
+def next_item_loss(position_reprs, item_reprs_fn, history, positives, negatives, *,
+                   num_items: int, temperature: float):
+  """SASRec-style sampled softmax at every position of a right-aligned window.
+
+  position_reprs [B, H, D]: the user tower after each history item; position i predicts the
+  next item (history[:, i + 1], or the batch positive after the last slot). negatives [S] are
+  shared uniform samples, corrected by log(S / num_items) (logQ for uniform sampling).
+  item_reprs_fn(ids) -> [..., D]. Returns the mean over positions holding a real item.
+  """
+  targets = jnp.concatenate([history[:, 1:], positives[:, None]], axis=1)  # [B, H]
+  valid = (history >= 0) & (targets >= 0)
+  pos = jnp.sum(position_reprs * item_reprs_fn(jnp.maximum(targets, 0)), -1) / temperature
+  neg = jnp.einsum("bhd,sd->bhs", position_reprs, item_reprs_fn(negatives)) / temperature
+  neg = neg - jnp.log(negatives.shape[0] / num_items)
+  neg = jnp.where(negatives[None, None, :] == targets[..., None], _NEG, neg)  # accidental hits
+  per_position = jax.nn.logsumexp(jnp.concatenate([pos[..., None], neg], -1), -1) - pos
+  return jnp.sum(per_position * valid) / jnp.maximum(jnp.sum(valid), 1.0)
