@@ -116,3 +116,4 @@ def test_in_step_sampling_draws_valid_pairs_and_masks_the_label():
     assert i not in hist  # the positive never leaks into its own history
     assert set(hist[hist >= 0]) <= set(ds.train.row(u).tolist())
   assert np.asarray(batch.negatives).max() < ds.num_items
+
