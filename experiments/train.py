@@ -4,18 +4,35 @@
   python -m experiments.train --config=experiments/configs/gowalla_two_tower.py \
       --workdir=runs/gowalla --config.train.num_steps=20000
 
-Re-running with the same --workdir resumes from its newest checkpoint.
+Re-running with the same --workdir resumes from its newest intact checkpoint.
+
+Devices: one ('data', 'model') mesh, --config.mesh.data / --config.mesh.model (default: every
+device on 'data'). Several processes (one per host of a pod slice, or several on one host) run
+the same command with --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables, or
+--distributed_auto for SLURM, Cloud TPU, Open MPI and Kubernetes); the workdir must be shared.
+
+Exit codes: 0 done; 1 a config, data, checkpoint or numerical error (one line on stderr);
+75 (EX_TEMPFAIL) stopped by SIGTERM after saving a checkpoint: run the same command again.
 """
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hsnn_jax.train.trainer import NonFiniteError, train_and_evaluate
+from hsnn_jax.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0, for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index in [0, num_processes).")
+_AUTO = flags.DEFINE_bool("distributed_auto", False,
+                          "Let JAX detect the cluster (SLURM, Cloud TPU, Open MPI, Kubernetes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,9 +47,16 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  # Before anything touches a JAX backend.
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         auto=_AUTO.value)
+  from hsnn_jax.train import checkpoint, trainer  # pylint: disable=import-outside-toplevel
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, NonFiniteError) as err:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except trainer.Preempted as stop:
+    logging.warning("%s", stop)
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)
+  except (ValueError, FileNotFoundError, trainer.NonFiniteError, checkpoint.CheckpointError) as err:
     # Config, data and numerical errors are the user's to fix: one clear message, no traceback.
     raise SystemExit(f"error: {err}") from None
 

@@ -42,6 +42,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # 0: no validation during training
   c.train.patience = 0  # validations without improvement before stopping; 0: never stop early
   c.train.inject_nan_at_step = -1  # fault injection for tests of the NaN guard
+  # 'global': the batch drawn from the key, split over mesh.data (same trajectory on any mesh);
+  # 'per_shard': each data shard draws its part from fold_in(key, shard) (hsnn_jax/parallel/sampling.py).
+  c.train.sampling = "global"
+
+  c.mesh = ml_collections.ConfigDict()  # the ('data', 'model') device mesh, hsnn_jax/parallel
+  c.mesh.data = 0  # batch split this many ways; 0: every device not used by 'model'
+  c.mesh.model = 1  # large embedding tables (rows) split this many ways
+  c.mesh.shard_min_rows = 1024  # tables with fewer rows (or not divisible) stay replicated
 
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (10, 20, 50)

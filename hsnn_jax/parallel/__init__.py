@@ -1,0 +1,1 @@
+"""Scale-out: the device mesh, shardings, explicit collectives, multi-process start-up."""

@@ -5,14 +5,28 @@ draw a batch on device from the PRNG key, compute the task loss and gradients, s
 if anything is non-finite (recording the step), apply optax. The host then logs, checkpoints,
 validates and stops early. At the end the best parameters are evaluated on the test split and
 `results.json` and `topk.npz` are written to the workdir.
+
+Scale-out: everything runs on one ('data', 'model') mesh (config `mesh`, hsnn_jax/parallel):
+the batch is split over 'data', large embedding tables over 'model', the rest replicated; the
+jitted chunk takes and returns those shardings. With several processes (jax.distributed, see
+hsnn_jax/parallel/distributed.py) every process runs this same function; process 0 writes the
+logs and results, all take part in checkpoints.
+
+Preemption: SIGTERM sets a flag that the loop reads between chunks; it then saves a checkpoint
+and raises `Preempted` (experiments/train.py exits with PREEMPTED_EXIT_CODE). After a hard kill
+the next run resumes from the newest intact checkpoint (see checkpoint.py), which holds the
+PRNG key (the data position) and the early-stopping state, so it continues the same trajectory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import platform
+import signal
+import threading
 import time
 from typing import Any
 
@@ -23,11 +37,16 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from jax.experimental import multihost_utils
 
 from hsnn_jax.data import cache
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.eval import evaluate as evaluation
 from hsnn_jax.eval import reference
+from hsnn_jax.parallel import distributed
+from hsnn_jax.parallel import mesh as mesh_lib
+from hsnn_jax.parallel import sharding
+from hsnn_jax.parallel.sampling import make_sampler
 from hsnn_jax.train import config_check
 from hsnn_jax.train.checkpoint import Checkpointer
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch, user_batch_for_eval
@@ -35,8 +54,21 @@ from hsnn_jax.train.tasks import RetrievalTask, build_task
 from hsnn_jax.train.writer import MetricWriter
 
 
+# sysexits.h EX_TEMPFAIL ("try again"): a preempted run saved its state and should be re-run.
+PREEMPTED_EXIT_CODE = 75
+
+
 class NonFiniteError(FloatingPointError):
   """Raised when a step produced NaN/Inf; the last good checkpoint is left intact."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; the state at `step` was saved in `directory`. Re-run to resume."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"stopped by SIGTERM after step {step}; state saved in {directory}; "
+                     f"run the same command again to resume")
+    self.step, self.directory = step, directory
 
 
 @flax.struct.dataclass
@@ -49,10 +81,12 @@ class TrainState:
   bad_step: jax.Array  # [] int32, first step with a non-finite loss or gradient, -1 if none
 
 
-def hardware_description() -> str:
+def hardware_description(mesh: jax.sharding.Mesh | None = None) -> str:
   d = jax.devices()[0]
-  return (f"{jax.device_count()} x {d.device_kind} ({d.platform}); host {platform.machine()} "
-          f"with {os.cpu_count()} CPU cores; jax {jax.__version__}")
+  layout = "" if mesh is None else f"; mesh data={mesh.shape['data']} x model={mesh.shape['model']}"
+  procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  return (f"{jax.device_count()} x {d.device_kind} ({d.platform}){procs}; host "
+          f"{platform.machine()} with {os.cpu_count()} CPU cores; jax {jax.__version__}{layout}")
 
 
 def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -81,14 +115,24 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict):
-  """Returns jitted f(state, data, n) running n steps; metrics are means over those steps."""
+def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict,
+                     mesh: jax.sharding.Mesh | None = None, state_sharding: Any = None):
+  """Returns jitted f(state, data, n) running n steps; metrics are means over those steps.
+
+  With a `mesh`, `state` carries `state_sharding`, `data` is replicated, the batch is split
+  over 'data' (see hsnn_jax/parallel/sampling.py) and the metrics come back replicated.
+  """
   t = cfg.train
   fail_at = int(t.get("inject_nan_at_step", -1))  # fault injection, for tests of the NaN guard
+  if mesh is None:
+    sample = lambda key, data: sample_batch(key, data, t.batch_size, t.num_negatives, task.history)
+  else:
+    sample = make_sampler(mesh, mode=t.get("sampling", "global"), batch_size=t.batch_size,
+                          num_negatives=t.num_negatives, history=task.history)
 
   def one_step(state: TrainState, data: DeviceInteractions):
     key, k_batch, k_model = jax.random.split(state.key, 3)
-    batch = sample_batch(k_batch, data, t.batch_size, t.num_negatives, task.history)
+    batch = sample(k_batch, data)
     (loss, (metrics, aux)), grads = jax.value_and_grad(
         lambda p: task.loss(p, state.aux, batch, k_model, data, state.step), has_aux=True)(state.params)
     if fail_at >= 0:
@@ -111,7 +155,12 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict):
     state, total = jax.lax.fori_loop(0, n, body, (state, zeros))
     return state, jax.tree.map(lambda x: x / n, total)
 
-  return jax.jit(chunk, static_argnums=2, donate_argnums=0)
+  if mesh is None:
+    return jax.jit(chunk, static_argnums=2, donate_argnums=0)
+  everywhere = sharding.replicated(mesh)
+  return jax.jit(chunk, static_argnums=2, donate_argnums=0,
+                 in_shardings=(state_sharding, everywhere),
+                 out_shardings=(state_sharding, everywhere))
 
 
 def run_evaluation(task, params, aux, ds: RecDataset, cfg, split: str):
@@ -122,15 +171,17 @@ def run_evaluation(task, params, aux, ds: RecDataset, cfg, split: str):
 
 
 class _EarlyStopping:
-  """Best validation value and steps since it improved, persisted so a resumed run continues."""
+  """Best validation value and validations since it improved; saved in every checkpoint."""
 
-  def __init__(self, path: str, patience: int):
-    self.path, self.patience = path, patience
+  def __init__(self, patience: int, saved: dict | None = None):
+    self.patience = patience
     self.best, self.best_step, self.bad_evals = -np.inf, -1, 0
-    if os.path.exists(path):
-      with open(path) as fh:
-        s = json.load(fh)
-      self.best, self.best_step, self.bad_evals = s["best"], s["best_step"], s["bad_evals"]
+    if saved:
+      self.best, self.best_step, self.bad_evals = (saved["best"], saved["best_step"],
+                                                   saved["bad_evals"])
+
+  def state(self) -> dict:
+    return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
 
   def update(self, step: int, value: float) -> bool:
     """Records a validation value; returns True if it is the new best."""
@@ -139,8 +190,6 @@ class _EarlyStopping:
       self.best, self.best_step, self.bad_evals = value, step, 0
     else:
       self.bad_evals += 1
-    with open(self.path, "w") as fh:
-      json.dump({"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}, fh)
     return improved
 
   @property
@@ -148,13 +197,90 @@ class _EarlyStopping:
     return self.patience > 0 and self.bad_evals >= self.patience
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+class _StopOnSigterm:
+  """While active, SIGTERM (a preemption notice) only sets `requested`; restored on exit."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+    logging.warning("SIGTERM: saving a checkpoint at the end of this chunk, then stopping")
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _NoWriter:
+  """Stands in for MetricWriter on processes other than 0."""
+
+  def write(self, step, metrics):
+    del step, metrics
+
+  def close(self):
+    pass
+
+
+def _drop_metrics_after(workdir: str, step: int) -> None:
+  """Removes metrics.jsonl lines past `step` (written by a run that died before its next
+  checkpoint), so a resumed run's log reads as one uninterrupted run."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  with open(path) as fh:
+    lines = fh.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+      pass
+  if len(kept) != len(lines):
+    with open(path, "w") as fh:
+      fh.write("".join(line + "\n" for line in kept))
+
+
+def _load_dataset_once(cfg: ml_collections.ConfigDict) -> RecDataset:
+  """Process 0 prepares the cache if needed while the others wait, then every process loads it."""
+  if jax.process_count() > 1:
+    if distributed.is_primary():
+      load_dataset(cfg)
+    multihost_utils.sync_global_devices("dataset prepared")
+  return load_dataset(cfg)
+
+
+@dataclasses.dataclass
+class TrainingSetup:
+  """Everything the loop needs, placed on the mesh: the initial state (before any resume)."""
+
+  ds: RecDataset
+  task: RetrievalTask
+  data: DeviceInteractions  # replicated over the mesh
+  state: TrainState  # with `state_sharding`
+  tx: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  state_sharding: Any
+
+  def train_chunk(self, cfg: ml_collections.ConfigDict):
+    return make_train_chunk(self.task, self.tx, cfg, self.mesh, self.state_sharding)
+
+
+def build_training(cfg: ml_collections.ConfigDict) -> TrainingSetup:
+  """Validates cfg, loads the data, builds the task and the initial state on the mesh."""
   config_check.validate(cfg)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as fh:
-    fh.write(cfg.to_json_best_effort(indent=1))
-  ds = load_dataset(cfg)
-  logging.info("%s", ds.summary())
+  mesh_lib.check_config(cfg, jax.device_count(), jax.process_count())
+  mesh = mesh_lib.mesh_from_config(cfg)
+  ds = _load_dataset_once(cfg)
+  logging.info("%s; %s", ds.summary(), hardware_description(mesh))
   task = build_task(cfg, ds)
   t = cfg.train
   data = DeviceInteractions.from_dataset(ds, task.history_len, t.get("max_sequence", 0))
@@ -164,49 +290,88 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = make_optimizer(t)
   state = TrainState(step=jnp.int32(0), params=params, aux=aux, opt_state=tx.init(params),
                      key=train_key, bad_step=jnp.int32(-1))
+  # Every process built the same values from the same seed; each keeps its devices' shards.
+  state_sharding = sharding.state_shardings(state, mesh,
+                                            cfg.get("mesh", {}).get("shard_min_rows", 1024))
+  return TrainingSetup(
+      ds=ds, task=task, tx=tx, mesh=mesh, state_sharding=state_sharding,
+      state=sharding.put(state, state_sharding),
+      data=sharding.put(data, jax.tree.map(lambda _: sharding.replicated(mesh), data)))
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  config_check.validate(cfg)  # before anything is written
+  mesh_lib.check_config(cfg, jax.device_count(), jax.process_count())
+  primary = distributed.is_primary()
+  os.makedirs(workdir, exist_ok=True)
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as fh:
+      fh.write(cfg.to_json_best_effort(indent=1))
+  setup = build_training(cfg)
+  ds, task, data, state, mesh = setup.ds, setup.task, setup.data, setup.state, setup.mesh
+  t = cfg.train
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,
                       keep=t.keep_checkpoints)
   best_ckpt = Checkpointer(os.path.join(workdir, "best"), save_every=1, keep=1, async_save=False)
-  state, resumed = ckpt.restore_latest(state)
-  if resumed is not None:
-    logging.info("resumed from step %d in %s", resumed, ckpt.directory)
-  stopper = _EarlyStopping(os.path.join(workdir, "early_stopping.json"), t.patience)
-  writer = MetricWriter(workdir)
-  train_chunk = make_train_chunk(task, tx, cfg)
+  restored = ckpt.restore(state)
+  state = restored.state
+  stopper = _EarlyStopping(t.patience, restored.extra.get("early_stopping"))
+  if restored.step is not None:
+    logging.info("resumed from step %d in %s", restored.step, ckpt.directory)
+    if primary:
+      _drop_metrics_after(workdir, restored.step)
+  writer = MetricWriter(workdir) if primary else _NoWriter()
+  train_chunk = setup.train_chunk(cfg)
   use_valid = t.eval_every > 0 and ds.valid.nnz > 0
 
+  def save(step, state):
+    return ckpt.save(step, state, extra={"early_stopping": stopper.state()}, force=True)
+
   step = int(state.step)
-  bar = tqdm.tqdm(total=t.num_steps, initial=step, desc="train", disable=not cfg.progress_bar)
+  bar = tqdm.tqdm(total=t.num_steps, initial=step, desc="train",
+                  disable=not (cfg.progress_bar and primary))
   start = time.time()
-  while step < t.num_steps and not stopper.should_stop:
-    # Chunks end on every log, checkpoint and validation boundary.
-    n = min(t.log_every, t.num_steps - step, t.checkpoint_every - step % t.checkpoint_every)
-    if use_valid:
-      n = min(n, t.eval_every - step % t.eval_every)
-    state, metrics = train_chunk(state, data, n)
-    bad = int(state.bad_step)
-    if bad >= 0:
-      ckpt.wait()
-      raise NonFiniteError(
-          f"non-finite loss or gradient at step {bad}; training stopped. The last good checkpoint "
-          f"is step {ckpt.latest_step()} in {ckpt.directory}; nothing after step {bad} was saved.")
-    step += n
-    params, aux = task.between_chunks(step, state.params, state.aux)
-    state = state.replace(params=params, aux=aux)
-    bar.update(n)
-    metrics = {k: float(v) for k, v in metrics.items()}
-    metrics["examples_per_sec"] = n * t.batch_size / max(time.time() - start, 1e-9)
-    start = time.time()
-    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-    writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
-    if step % t.checkpoint_every == 0 or step >= t.num_steps:
-      ckpt.save(step, state, force=True)
-    if use_valid and step % t.eval_every == 0:
-      result = run_evaluation(task, state.params, state.aux, ds, cfg, "valid")
-      writer.write(step, {f"valid/{k}": v for k, v in result.metrics.items()})
-      if stopper.update(step, result.metrics[cfg.eval.selection_metric]):
-        best_ckpt.save(step, (state.params, state.aux), force=True)
-      logging.info("step %d valid %s", step, result.metrics)
+  with _StopOnSigterm() as sigterm:
+    while step < t.num_steps and not stopper.should_stop:
+      # Chunks end on every log, checkpoint and validation boundary.
+      n = min(t.log_every, t.num_steps - step, t.checkpoint_every - step % t.checkpoint_every)
+      if use_valid:
+        n = min(n, t.eval_every - step % t.eval_every)
+      state, metrics = train_chunk(state, data, n)
+      bad = int(state.bad_step)
+      if bad >= 0:
+        ckpt.wait()
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {bad}; training stopped. The last good "
+            f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}; nothing after step "
+            f"{bad} was saved.")
+      step += n
+      params, aux = task.between_chunks(step, state.params, state.aux)
+      if params is not state.params or aux is not state.aux:  # host-side work: re-place it
+        state = sharding.put(state.replace(params=params, aux=aux), setup.state_sharding)
+      bar.update(n)
+      metrics = {k: float(v) for k, v in metrics.items()}
+      metrics["examples_per_sec"] = n * t.batch_size / max(time.time() - start, 1e-9)
+      bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+      writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
+      if use_valid and step % t.eval_every == 0:
+        result = run_evaluation(task, *sharding.local_view((state.params, state.aux)), ds, cfg,
+                                "valid")
+        writer.write(step, {f"valid/{k}": v for k, v in result.metrics.items()})
+        if stopper.update(step, result.metrics[cfg.eval.selection_metric]):
+          best_ckpt.save(step, (state.params, state.aux), force=True)
+        logging.info("step %d valid %s", step, result.metrics)
+      if step % t.checkpoint_every == 0 or step >= t.num_steps:
+        save(step, state)
+      if distributed.agree_any(sigterm.requested):
+        save(step, state)
+        ckpt.close()
+        best_ckpt.close()
+        writer.close()
+        bar.close()
+        raise Preempted(step, ckpt.directory)
+      start = time.time()
+  save(step, state)  # a no-op unless early stopping ended the run between checkpoints
   bar.close()
   ckpt.close()
 
@@ -215,20 +380,24 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     (params, aux), best_step = best_ckpt.restore_latest((params, aux))
     logging.info("evaluating the best validation checkpoint (step %d)", best_step)
   best_ckpt.close()
+  params, aux = sharding.local_view((params, aux))
   result = run_evaluation(task, params, aux, ds, cfg, cfg.eval.split)
   writer.write(step, {f"{cfg.eval.split}/{k}": v for k, v in result.metrics.items()})
   writer.close()
-  evaluation.save_topk(os.path.join(workdir, "topk.npz"), result, ds)
   results = {"metrics": result.metrics, "config": json.loads(cfg.to_json_best_effort()),
-             "hardware": hardware_description(), "dataset": ds.summary(), "steps": step,
+             "hardware": hardware_description(mesh), "dataset": ds.summary(), "steps": step,
              "split": cfg.eval.split, **task.report(params, aux),
              "best_valid": None if stopper.best_step < 0 else {"step": stopper.best_step,
                                                                cfg.eval.selection_metric: stopper.best}}
-  with open(os.path.join(workdir, "results.json"), "w") as fh:
-    json.dump(results, fh, indent=1)
-  print(format_metrics(f"{cfg.dataset} {cfg.eval.split}, {len(result.users)} users, full corpus",
-                       result.metrics))
-  print(reference.format_comparison(cfg.dataset, result.metrics))
+  if primary:
+    evaluation.save_topk(os.path.join(workdir, "topk.npz"), result, ds)
+    if getattr(task, "export", None) is not None:
+      task.export(params, aux, workdir)
+    with open(os.path.join(workdir, "results.json"), "w") as fh:
+      json.dump(results, fh, indent=1)
+    print(format_metrics(f"{cfg.dataset} {cfg.eval.split}, {len(result.users)} users, full corpus",
+                         result.metrics))
+    print(reference.format_comparison(cfg.dataset, result.metrics))
   return results
 
 
