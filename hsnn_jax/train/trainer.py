@@ -404,3 +404,34 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 def format_metrics(title: str, metrics: dict) -> str:
   width = max(len(k) for k in metrics)
   return "\n".join([title] + [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())])
+
+
+@dataclasses.dataclass
+class Trained:
+  """A finished run, reloaded: the dataset, the task and its best (or last) parameters."""
+
+  ds: RecDataset
+  task: RetrievalTask
+  params: Any
+  aux: Any
+  step: int
+
+  def scorer(self):
+    return self.task.scorer(self.params, self.aux)
+
+
+def load_trained(cfg: ml_collections.ConfigDict, workdir: str) -> Trained:
+  """Reloads the best validation checkpoint of `workdir`, or its newest one if it has none."""
+  setup = build_training(cfg)
+  best = Checkpointer(os.path.join(workdir, "best"), save_every=1, keep=1, async_save=False)
+  if best.latest_step() is not None:
+    (params, aux), step = best.restore_latest((setup.state.params, setup.state.aux))
+  else:
+    restored = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1).restore(
+        setup.state)
+    if restored.step is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir}: train it first")
+    params, aux, step = restored.state.params, restored.state.aux, restored.step
+  best.close()
+  params, aux = sharding.local_view((params, aux))
+  return Trained(ds=setup.ds, task=setup.task, params=params, aux=aux, step=int(step))
