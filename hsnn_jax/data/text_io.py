@@ -60,17 +60,25 @@ def read_text(path, encoding: str = "utf-8") -> str:
     return _decode(path, fh.read(), encoding)
 
 
-def iter_line_blocks(path, encoding: str, block_bytes: int = _BLOCK_BYTES
-                     ) -> Iterator[tuple[int, list[str]]]:
-  """Yields (1-based number of the block's first line, its lines without line endings)."""
+def _iter_byte_blocks(path, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
+  """Yields (1-based number of the block's first line, the block's bytes: whole lines)."""
   first = 1
   with _open_binary(path) as fh:
     while True:
-      raw = fh.readlines(block_bytes)
-      if not raw:
+      data = fh.read(block_bytes)
+      if not data:
         return
-      yield first, split_lines(_decode(path, b"".join(raw), encoding, first))
-      first += len(raw)
+      if not data.endswith(b"\n"):
+        data += fh.readline()  # complete the last line
+      yield first, data
+      first += data.count(b"\n")
+
+
+def iter_line_blocks(path, encoding: str, block_bytes: int = _BLOCK_BYTES
+                     ) -> Iterator[tuple[int, list[str]]]:
+  """Yields (1-based number of the block's first line, its lines without line endings)."""
+  for first, data in _iter_byte_blocks(path, block_bytes):
+    yield first, split_lines(_decode(path, data, encoding, first))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +121,8 @@ class IdLines:
 def parse_id_lines(path, text: str) -> IdLines:
   """Parses `text` (the content of `path`) as lines of whitespace-separated integer ids.
 
-  Blank lines are an error, except the empty string after the final newline.
+  Blank lines are an error, except the empty string after the final newline. An empty `text`
+  gives no lines (the caller decides whether that is an error).
   """
   bad = re.search(r"[^0-9 \t\r\n]", text)
   if bad is not None:
@@ -129,6 +138,9 @@ def parse_id_lines(path, text: str) -> IdLines:
   ends = np.flatnonzero(is_digit & ~np.concatenate([is_digit[1:], [False]])) + 1
   newlines = np.flatnonzero(chars == ord("\n"))
   num_lines = len(newlines) + (1 if len(chars) and chars[-1] != ord("\n") else 0)
+  if num_lines == 0:
+    empty = np.zeros(0, np.int64)
+    return IdLines(line=empty, head=empty, counts=empty, values=empty)
   token_line = np.searchsorted(newlines, starts)  # 0-based line of each token
   counts = np.bincount(token_line, minlength=num_lines).astype(np.int64)
   if (counts == 0).any():
@@ -154,32 +166,83 @@ def parse_table(path, *, sep: str, dtypes: Sequence, encoding: str, header: str 
                 names: Sequence[str] | None = None) -> list[np.ndarray]:
   """A delimited numeric table, one array per column (`dtypes` gives each column's type).
 
-  `header`, when given, must be the exact first line. Lines of the wrong width and unparsable
-  numbers raise `DataFormatError` naming the line. Row r of the result is line r + 1 (r + 2
-  with a header).
+  `header`, when given, must be the exact first line. Every line must hold exactly
+  `len(dtypes)` fields; the first line that does not, and the first unparsable number, raise
+  `DataFormatError` naming the line. Row r of the result is line r + 1 (r + 2 with a header).
+  A file without data lines gives empty columns (the caller decides whether that is an error).
   """
   ncols = len(dtypes)
   names = names or [f"column {c + 1}" for c in range(ncols)]
   blocks = [[] for _ in range(ncols)]
-  for first, lines in iter_line_blocks(path, encoding):
-    if header is not None and first == 1:
-      if not lines or lines[0] != header:
-        raise DataFormatError(path, 1, f"the header {header!r}", repr(lines[0] if lines else ""))
-      lines, first = lines[1:], 2
-    if not lines:
+  # A multi-character separator is replaced by a NUL byte at each occurrence (left to right, as
+  # str.split finds them), so that fields are split, and counted in the bytes, as single bytes.
+  unit = sep if len(sep) == 1 else "\0"
+  pending_header = header
+  for first, data in _iter_byte_blocks(path):
+    replaced = unit != sep and b"\0" not in data
+    if replaced:
+      data = data.replace(sep.encode(encoding), b"\0")
+    text = _decode(path, data, encoding, first)
+    if unit == sep or replaced:
+      counts = _count_per_line(data, unit.encode(encoding)) + 1
+    else:  # NUL bytes in a file with a multi-character separator: count line by line
+      counts = np.array([line.count(sep) + 1 for line in split_lines(text)], np.int64)
+    skip = 0
+    if pending_header is not None:
+      found = _line_in(data, 0, encoding, sep, replaced)
+      if found != pending_header:
+        raise DataFormatError(path, 1, f"the header {pending_header!r}", repr(found))
+      pending_header, skip = None, 1
+    bad = np.flatnonzero(counts[skip:] != ncols)
+    if bad.size:
+      i = int(bad[0]) + skip
+      found = _line_in(data, i, encoding, sep, replaced)
+      raise DataFormatError(path, first + i, f"{ncols} fields separated by {sep!r}",
+                            f"{counts[i]} fields in {found!r}")
+    if len(counts) == skip:
       continue
-    fields = sep.join(lines).split(sep)
-    if len(fields) != len(lines) * ncols:
-      for i, line in enumerate(lines):
-        if line.count(sep) != ncols - 1:
-          raise DataFormatError(path, first + i, f"{ncols} fields separated by {sep!r}",
-                                f"{line.count(sep) + 1} fields in {line!r}")
+    # Every line holds ncols - 1 separators: make each line end one more and split once.
+    if skip:
+      text = text[text.index("\n") + 1:]
+    if "\r" in text:  # CRLF endings (a CR inside a line stays, as in split_lines)
+      text = text.replace("\r\n", "\n")
+    if text.endswith("\n") or text.endswith("\r"):  # the end of the last line
+      text = text[:-1]
+    if unit == sep or replaced:
+      fields = text.replace("\n", unit).split(unit)
+    else:
+      fields = [f for line in split_lines(text) for f in line.split(sep)]
+    first += skip
     for c, dtype in enumerate(dtypes):
       column = fields[c::ncols]
       parsed = _fast_numbers(column, dtype)
-      blocks[c].append(parsed if parsed is not None
-                       else _strict_numbers(path, first, column, dtype, names[c]))
+      if parsed is None:
+        parsed = _strict_numbers(path, first, column, dtype, names[c])
+      blocks[c].append(parsed)
+  if pending_header is not None:
+    raise DataFormatError(path, 1, f"the header {pending_header!r}", "an empty file")
   return [np.concatenate(b) if b else np.zeros(0, dtype) for b, dtype in zip(blocks, dtypes)]
+
+
+def _line_in(data: bytes, i: int, encoding: str, sep: str, replaced: bool) -> str:
+  """Line i (0-based) of a block, without its line ending; NULs back to `sep` if `replaced`."""
+  start = 0
+  if i:
+    start = int(np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))[i - 1]) + 1
+  end = data.find(b"\n", start)
+  line = data[start:end if end >= 0 else len(data)].decode(encoding)
+  line = line[:-1] if line.endswith("\r") else line
+  return line.replace("\0", sep) if replaced else line
+
+
+def _count_per_line(data: bytes, char: bytes) -> np.ndarray:
+  """[number of lines in `data`] int64 occurrences of the byte `char` in each line."""
+  chars = np.frombuffer(data, np.uint8)
+  ends = np.flatnonzero(chars == ord("\n"))
+  if data and not data.endswith(b"\n"):
+    ends = np.append(ends, len(data))
+  before = np.searchsorted(np.flatnonzero(chars == ord(char)), ends)
+  return np.diff(before, prepend=0).astype(np.int64)
 
 
 def _in_range(values: np.ndarray) -> np.ndarray:
@@ -193,8 +256,13 @@ def _in_range(values: np.ndarray) -> np.ndarray:
 def _fast_numbers(column: list[str], dtype) -> np.ndarray | None:
   """The column parsed in C, or None when any field is not a plain number of `dtype`."""
   joined = " ".join(column)
-  if joined.count(" ") != len(column) - 1 or "\t" in joined:
-    return None  # whitespace inside a field
+  # np.fromstring takes any run of whitespace (or none at all) as one separator, so a field that
+  # is empty or holds whitespace could shift the values of its neighbours: leave those to the
+  # field-by-field path.
+  if (not joined.isascii() or joined.count(" ") != len(column) - 1 or "  " in joined
+      or joined.startswith(" ") or joined.endswith(" ")
+      or any(c in joined for c in "\t\n\r\x0b\x0c")):
+    return None
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", DeprecationWarning)
@@ -230,8 +298,10 @@ def read_rows(path, *, sep: str, num_fields: int, encoding: str) -> list[list[st
 
 
 def to_int(path, line: int, value: str, what: str) -> int:
-  if not (value.isascii() and value.isdigit()):
-    raise DataFormatError(path, line, f"a non-negative integer {what}", repr(value))
+  """`value` as a non-negative integer (ASCII digits, at most 18 of them), else raises."""
+  if not (value.isascii() and value.isdigit()) or len(value) > _MAX_ID_DIGITS:
+    raise DataFormatError(path, line, f"a non-negative integer {what} of at most "
+                          f"{_MAX_ID_DIGITS} digits", repr(value))
   return int(value)
 
 

@@ -46,6 +46,10 @@ def _build(name: str, ratings_path, columns, movies: _Movies, header_lines: int,
            users_table: Optional[tuple[np.ndarray, np.ndarray, tuple]] = None) -> RecDataset:
   """Common tail: id checks, dense ids, time-ordered leave-one-out, side information."""
   users, items, ratings, stamps = columns
+  if not len(users):
+    raise DataFormatError(ratings_path, None, "at least one rating line",
+                          "none (the file is empty)" if not header_lines else
+                          "none (only the header)")
   for values, what in ((users, "user id"), (items, "movie id")):
     line = text_io.first_line_where(values < 0, np.arange(len(values)) + 1 + header_lines)
     if line is not None:
@@ -78,8 +82,22 @@ def _build(name: str, ratings_path, columns, movies: _Movies, header_lines: int,
       num_attrs=movies.num_genres, user_features=features, user_feature_sizes=tuple(sizes))
 
 
-def _sorted_table(ids: list[int], rows: list[list[int]], sizes: tuple):
+def _check_unique(path, ids: np.ndarray, lines: np.ndarray, what: str) -> None:
+  """Raises on the second line of the first (smallest) id listed twice; `lines` aligns."""
+  order = np.argsort(ids, kind="stable")
+  again = np.flatnonzero(np.diff(ids[order]) == 0)
+  if again.size:
+    first, second = order[again[0]], order[again[0] + 1]
+    raise DataFormatError(path, int(lines[second]), f"one line per {what}",
+                          f"{what} {ids[second]} again (first on line {lines[first]})")
+
+
+def _sorted_table(path, ids: list[int], rows: list[list[int]], sizes: tuple):
+  """(sorted user ids, their feature rows, feature sizes); line i + 1 of `path` is user i."""
+  if not ids:
+    raise DataFormatError(path, None, "one line per user", "an empty file")
   ids = np.asarray(ids, np.int64)
+  _check_unique(path, ids, np.arange(1, len(ids) + 1), "user")
   order = np.argsort(ids, kind="stable")
   return ids[order], np.asarray(rows, np.int32).reshape(len(ids), -1)[order], sizes
 
@@ -97,6 +115,7 @@ def parse_100k(paths: Mapping[str, str], name: str) -> RecDataset:
     genres.append([g for g, f in enumerate(flags) if f == "1"])
   movies = _Movies([text_io.to_int(paths["u.item"], i + 1, r[0], "movie id")
                     for i, r in enumerate(item_rows)], genres, num_genres=19)
+  _check_unique(paths["u.item"], movies.ids, np.arange(1, len(movies.ids) + 1), "movie")
   user_rows = text_io.read_rows(paths["u.user"], sep="|", num_fields=5, encoding="latin-1")
   occupations = sorted({r[3] for r in user_rows})
   ids, feats = [], []
@@ -105,7 +124,8 @@ def parse_100k(paths: Mapping[str, str], name: str) -> RecDataset:
     age = text_io.to_int(paths["u.user"], i + 1, age, "age")
     bucket = int(np.searchsorted(_AGE_CODES, age, side="right"))
     feats.append(_user_feature_row(bucket, gender, occupations.index(occupation) + 1, zip_code))
-  users = _sorted_table(ids, feats, (len(_AGE_CODES) + 1, 3, len(occupations) + 1, 11))
+  users = _sorted_table(paths["u.user"], ids, feats,
+                        (len(_AGE_CODES) + 1, 3, len(occupations) + 1, 11))
   return _build(name, paths["u.data"], columns, movies, 0, users)
 
 
@@ -116,12 +136,14 @@ def _read_movies_csv(path) -> _Movies:
   header = next(reader, None)
   if header != ["movieId", "title", "genres"]:
     raise DataFormatError(path, 1, "the header 'movieId,title,genres'", repr(header))
-  ids, names = [], []
+  ids, names, lines = [], [], []
   for row in reader:
     if len(row) != 3:
       raise DataFormatError(path, reader.line_num, "3 fields 'movieId,title,genres'", repr(row))
     ids.append(text_io.to_int(path, reader.line_num, row[0], "movieId"))
+    lines.append(reader.line_num)
     names.append([g for g in row[2].split("|") if g and g != _NO_GENRE])
+  _check_unique(path, np.asarray(ids, np.int64), np.asarray(lines, np.int64), "movie")
   vocab = {g: k for k, g in enumerate(sorted({g for gs in names for g in gs}))}
   return _Movies(ids, [[vocab[g] for g in gs] for gs in names], num_genres=len(vocab))
 
@@ -143,6 +165,7 @@ def parse_1m(paths: Mapping[str, str], name: str) -> RecDataset:
   movies = _Movies([text_io.to_int(paths["movies.dat"], i + 1, r[0], "movie id")
                     for i, r in enumerate(movie_rows)],
                    [[vocab[g] for g in r[2].split("|") if g] for r in movie_rows], len(vocab))
+  _check_unique(paths["movies.dat"], movies.ids, np.arange(1, len(movies.ids) + 1), "movie")
   user_rows = text_io.read_rows(paths["users.dat"], sep="::", num_fields=5, encoding="latin-1")
   ids, feats = [], []
   for i, (uid, gender, age, occupation, zip_code) in enumerate(user_rows):
@@ -150,6 +173,9 @@ def parse_1m(paths: Mapping[str, str], name: str) -> RecDataset:
     age = text_io.to_int(paths["users.dat"], i + 1, age, "age code")
     bucket = _AGE_CODES.index(age) + 1 if age in _AGE_CODES else 0
     occupation = text_io.to_int(paths["users.dat"], i + 1, occupation, "occupation code")
+    if occupation > 20:
+      raise DataFormatError(paths["users.dat"], i + 1, "an occupation code in [0, 20]",
+                            str(occupation))
     feats.append(_user_feature_row(bucket, gender, occupation + 1, zip_code))
-  users = _sorted_table(ids, feats, (len(_AGE_CODES) + 1, 3, 22, 11))
+  users = _sorted_table(paths["users.dat"], ids, feats, (len(_AGE_CODES) + 1, 3, 22, 11))
   return _build(name, paths["ratings.dat"], columns, movies, 0, users)

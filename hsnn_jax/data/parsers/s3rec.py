@@ -9,7 +9,9 @@ Leave-one-out: last item = test, second-last = valid, the rest = train.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from typing import Optional
 
 import numpy as np
@@ -19,26 +21,64 @@ from hsnn_jax.data.splits import group_rows, leave_one_out
 from hsnn_jax.data.text_io import DataFormatError
 from hsnn_jax.data.types import CSR, RecDataset
 
+# An item id key: a positive integer in ASCII digits (int() would also take ' 1', '+1', '1_0').
+_ITEM_KEY = re.compile(r"0*[1-9][0-9]{0,17}")
+
+
+class _Pairs(list):
+  """The (key, value) pairs of a JSON object, in file order (keeps duplicated keys)."""
+
+
+def _key_line(text: str, key: str, nth: int = 1) -> Optional[int]:
+  """The 1-based line of the nth `"key":` in the JSON `text`, or None if not found."""
+  for quoted in dict.fromkeys((json.dumps(key), json.dumps(key, ensure_ascii=False))):
+    found = list(itertools.islice(re.finditer(re.escape(quoted) + r"\s*:", text), nth))
+    if len(found) == nth:
+      return text.count("\n", 0, found[-1].start()) + 1
+  return None
+
 
 def read_item_attributes(path) -> dict[int, list[int]]:
-  """{item id: [attribute id, ...]} from the S3-Rec JSON file, with its ids checked."""
+  """{item id: [attribute id, ...]} from the S3-Rec JSON file, with its ids checked.
+
+  The keys must be the item ids 1..N, each once (as upstream writes them); attribute ids are
+  non-negative integers.
+  """
   text = text_io.read_text(path)
   try:
-    raw = json.loads(text)
+    raw = json.loads(text, object_pairs_hook=_Pairs)
   except json.JSONDecodeError as e:
     raise DataFormatError(path, e.lineno, "a JSON object {\"item_id\": [attr_id, ...]}",
                           f"invalid JSON ({e.msg} at column {e.colno})") from None
-  if not isinstance(raw, dict):
-    raise DataFormatError(path, 1, "a JSON object", type(raw).__name__)
+  except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; absurd nesting
+    raise DataFormatError(path, None, "a JSON object {\"item_id\": [attr_id, ...]}",
+                          f"unreadable JSON ({type(e).__name__}: {str(e)[:100]})") from None
+  if not isinstance(raw, _Pairs):
+    raise DataFormatError(path, 1, "a JSON object {\"item_id\": [attr_id, ...]}",
+                          type(raw).__name__)
+  if not raw:
+    raise DataFormatError(path, 1, "a JSON object {\"item_id\": [attr_id, ...]}",
+                          "an empty object")
   out = {}
-  for key, attrs in raw.items():
-    if not (key.isascii() and key.isdigit()) or int(key) < 1:
-      raise DataFormatError(path, None, "item ids >= 1 as keys", repr(key))
+  for i, (key, attrs) in enumerate(raw):
+    if not _ITEM_KEY.fullmatch(key):
+      raise DataFormatError(path, _key_line(text, key), "item ids >= 1 as keys",
+                            f"the key {key!r}")
+    if int(key) in out:
+      nth = 1 + sum(k == key for k, _ in raw[:i])  # this key's occurrence in the file
+      raise DataFormatError(path, _key_line(text, key, nth),
+                            "each item id once as a key",
+                            f"item {int(key)} again (the key {key!r})")
     if not isinstance(attrs, list) or not all(
-        isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in attrs):
-      raise DataFormatError(path, None, f"a list of non-negative attribute ids for item {key}",
+        isinstance(a, int) and not isinstance(a, bool) and 0 <= a < 2**63 for a in attrs):
+      raise DataFormatError(path, _key_line(text, key),
+                            f"a list of non-negative int64 attribute ids for item {key}",
                             repr(attrs))
     out[int(key)] = attrs
+  if max(out) != len(out):  # unique ids >= 1: a gap iff the largest exceeds the count
+    missing = next(i for i in range(1, len(out) + 1) if i not in out)
+    raise DataFormatError(path, None, f"the item ids 1..{max(out)} as keys, each once",
+                          f"no key for item {missing} (the largest key is {max(out)})")
   return out
 
 
@@ -54,9 +94,12 @@ def _attrs_csr(attributes: dict[int, list[int]], num_items: int) -> tuple[CSR, i
 def parse(sequences_path, attributes_path: Optional[str], name: str) -> RecDataset:
   """Parses one category's sequence file (and its attribute file when given)."""
   lines = text_io.parse_id_lines(sequences_path, text_io.read_text(sequences_path))
+  if not len(lines.head):
+    raise DataFormatError(sequences_path, None, "one line 'user_id item_id ...' per user",
+                          "an empty file")
   attributes = read_item_attributes(attributes_path) if attributes_path else None
   if attributes is not None:
-    num_items = max(attributes, default=0)
+    num_items = len(attributes)  # the ids 1..N, checked by read_item_attributes
     item_range = f"[1, {num_items}] (the items of {attributes_path})"
   else:
     num_items = int(lines.values.max(initial=0))
