@@ -81,6 +81,22 @@ def test_full_beams_equal_exhaustive_retrieval(node_scoring, weights):
   np.testing.assert_array_equal(np.asarray(got.stage_scored), np.tile(index.num_nodes, (12, 1)))
 
 
+def test_full_beams_with_hsnn_ensemble_weights_rank_by_the_ensemble_score():
+  """Flat weights w: the item stage ranks by w[L] s_item(v) + sum_l w[l] s_l(node_l(v))."""
+  users, items = tie_free_vectors(12)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=12)
+  weights = (0.5, 0.25, 0.125, 1.0)
+  got = searcher(scorer, index, index.num_nodes, 25, level_weights=weights)(
+      user_batch(np.arange(NUM_USERS)))
+  want = weights[-1] * users @ items.T
+  for l in range(index.num_levels):
+    reps = items[index.representative[l][index.item_path[:, l]]]  # [V, d] per item's ancestor
+    want += weights[l] * users @ reps.T
+  order = np.argsort(-want, axis=1, kind="stable")[:, :25]
+  np.testing.assert_array_equal(np.asarray(got.scores), np.take_along_axis(want, order, 1))
+  np.testing.assert_array_equal(np.asarray(got.ids), order)
+
+
 def test_exactness_never_falls_as_beams_widen():
   users, items = tie_free_vectors(3)
   scorer, index = dot_scorer(users, items), tiny_index(items, seed=3)

@@ -23,8 +23,9 @@ ever dropped; a smaller `max_candidates` bounds the work per query and drops the
 Ensemble: the score that ranks a candidate at stage l is sum_j w[l][j] * s_j, over the scores s_j
 of the candidate's ancestors (j < l) and its own (j = l). `level_weights=None` uses only the
 current stage's score (w[l] = one-hot at l), so the item ranking is the item scorer's own, and
-beam search can be compared with exhaustive scoring of that scorer; "sum" adds all levels; or
-give one row of l + 1 weights per stage (L index levels, then the item level).
+beam search can be compared with exhaustive scoring of that scorer; "sum" adds all levels; a flat
+list of L + 1 weights is HSNN's linear ensemble (row l = its first l + 1 weights); or give one
+row of l + 1 weights per stage (L index levels, then the item level).
 
 Counts for cost accounting: `stage_scored` [B, L] non-padding nodes scored per level and
 `items_scored` [B] non-padding items scored (excluded items included: they are scored, then
@@ -49,7 +50,7 @@ from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.models.scorer import PyTree, Scorer, UserBatch, take_reprs
 from hsnn_jax.retrieval.topk import fast_top_k
 
-Weights = Union[None, str, Sequence[Sequence[float]]]
+Weights = Union[None, str, Sequence[float], Sequence[Sequence[float]]]
 
 
 @chex.dataclass(frozen=True)
@@ -113,13 +114,23 @@ def node_embedding_level_scorer(scorer: Scorer, index: PublishedIndex, level: in
 
 
 def normalize_weights(level_weights: Weights, num_stages: int) -> Tuple[Tuple[float, ...], ...]:
-  """None -> current stage only; 'sum' -> all ones; else validated rows of 1..num_stages."""
+  """The ensemble as one row of weights per stage (see the module docstring).
+
+  None: current stage only; 'sum': all ones; a flat sequence w of num_stages floats (HSNN's
+  ensemble, index levels first, item level last): row l = w[:l + 1], so the item stage ranks by
+  sum_l w[l] s_l, the score `hsnn.ensemble_scorer` computes; else explicit rows.
+  """
   if level_weights is None:
     return tuple(tuple(float(j == l) for j in range(l + 1)) for l in range(num_stages))
   if isinstance(level_weights, str):
     if level_weights != "sum":
       raise ValueError(f"level_weights must be None, 'sum' or rows of floats, got {level_weights!r}")
     return tuple((1.0,) * (l + 1) for l in range(num_stages))
+  if all(np.ndim(w) == 0 for w in level_weights):
+    flat = tuple(float(w) for w in level_weights)
+    if len(flat) != num_stages:
+      raise ValueError(f"level_weights needs {num_stages} ensemble weights, got {len(flat)}")
+    return tuple(flat[:l + 1] for l in range(num_stages))
   rows = tuple(tuple(float(w) for w in row) for row in level_weights)
   if len(rows) != num_stages or any(len(row) != l + 1 for l, row in enumerate(rows)):
     raise ValueError(f"level_weights needs {num_stages} rows of lengths 1..{num_stages}, "
@@ -260,7 +271,7 @@ class BeamSearch:
     item_scorer: the item stage's LevelScorer; reprs have num_items rows.
     beam_widths: L ints, nodes kept per level (b_{L-1} leaves are expanded into items).
     k: results per query.
-    level_weights: the ensemble (module docstring): None, 'sum', or L + 1 rows.
+    level_weights: the ensemble (module docstring): None, 'sum', L + 1 weights, or L + 1 rows.
     max_candidates: optional L ints, candidate slots per query for levels 1..L-1 and the item
       level; None (or an entry <= 0) means every child of every kept node fits.
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from hsnn_jax.index.config import IndexConfig
+from hsnn_jax.models.monn import PRESET_NAMES, MoNNConfig, monn_preset
 from hsnn_jax.models.two_tower import SCORES, USER_TOWERS
 from hsnn_jax.train.losses import LOSSES
 from hsnn_jax.train.tasks import MODEL_KINDS
@@ -29,6 +33,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     need(m.embed_dim > 0, "model.embed_dim", m.embed_dim, "a positive int")
     need(m.temperature > 0, "model.temperature", m.temperature, "> 0")
     need(m.history_len > 0, "model.history_len", m.history_len, "a positive int")
+  if m.kind in ("monn", "hsnn"):
+    errors += _monn_family_errors(m, t)
   need(t.loss in LOSSES, "train.loss", t.loss, f"one of {LOSSES}")
   need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"one of {OPTIMIZERS}")
   need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"one of {SCHEDULES}")
@@ -49,3 +55,102 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     need(e[f] > 0, f"eval.{f}", e[f], "a positive int")
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def _override_errors(overrides, presets) -> list:
+  """Errors of model.overrides over each preset it applies to: unknown fields; then, if a
+  preset rejects the combination, every field it rejects alone (or the combination itself)."""
+  known = {f.name for f in dataclasses.fields(MoNNConfig)}
+  values = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  errors = [f"model.overrides.{k}={v!r}: not a MoNNConfig field" for k, v in values.items()
+            if k not in known]
+  if errors:
+    return errors
+  for preset in sorted(set(p for p in presets if p in PRESET_NAMES)):
+    try:
+      monn_preset(preset, **values)
+      continue
+    except (ValueError, TypeError) as err:
+      combined = f"model.overrides with preset {preset!r}: {err}"
+    alone = []
+    for k, v in values.items():
+      try:
+        monn_preset(preset, **{k: v})
+      except (ValueError, TypeError) as err:
+        alone.append(f"model.overrides.{k}={v!r} (preset {preset!r}): {err}")
+    errors += alone or [combined]
+  return errors
+
+
+def _index_errors(index, t) -> list:
+  """Every bad model.index field: IndexConfig fields one at a time, then the schedule fields."""
+  schedule = ("start_step", "em_every")
+  values = {k: v for k, v in index.to_dict().items() if k not in schedule}
+  known = {f.name for f in dataclasses.fields(IndexConfig)}
+  errors = [f"model.index.{k}={v!r}: not an IndexConfig field" for k, v in values.items()
+            if k not in known]
+  for k, v in values.items():
+    if k in known:
+      try:
+        IndexConfig(**{k: tuple(v) if isinstance(v, list) else v}).validate()
+      except (ValueError, TypeError) as err:
+        errors.append(f"model.index.{k}={v!r}: {err}")
+  if not errors:
+    try:
+      IndexConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}).validate()
+    except (ValueError, TypeError) as err:
+      errors.append(f"model.index: {err}")
+  mode, start = index.get("mode"), index.get("start_step", 0)
+  if not (isinstance(start, int) and 0 <= start < t.num_steps):
+    errors.append(f"model.index.start_step={start!r}: an int in [0, train.num_steps)")
+  elif mode in ("sil", "em") and start == 0:
+    errors.append(f"model.index.start_step=0: mode {mode!r} clusters a trained item model, "
+                  "so the index must be built after step 0")
+  if mode == "em" and not (isinstance(index.get("em_every"), int) and index.em_every > 0):
+    errors.append(f"model.index.em_every={index.get('em_every')!r}: a positive int")
+  if mode in ("sil", "em") and t.weight_decay > 0:
+    errors.append(f"train.weight_decay={t.weight_decay!r}: must be 0 with a frozen index "
+                  f"(mode {mode!r}): decoupled decay would move the frozen codebooks")
+  return errors
+
+
+def _monn_family_errors(m, t) -> list:
+  """Errors of the 'monn' and 'hsnn' model sections (see task_monn / task_hsnn defaults)."""
+  errors = []
+
+  def need(cond, field, value, expected):
+    if not cond:
+      errors.append(f"{field}={value!r}: {expected}")
+
+  need(m.get("history") in ("full", "causal"), "model.history", m.get("history"),
+       "'full' or 'causal'")
+  need(isinstance(m.history_len, int) and m.history_len > 0, "model.history_len", m.history_len,
+       "a positive int")
+  if m.kind == "monn":
+    need(m.preset in PRESET_NAMES, "model.preset", m.preset, f"one of {PRESET_NAMES}")
+    return errors + _override_errors(m.get("overrides", {}), [m.preset])
+  errors += _override_errors(m.get("overrides", {}), [m.item_model, *m.level_models])
+  need(m.item_model in PRESET_NAMES, "model.item_model", m.item_model, f"one of {PRESET_NAMES}")
+  levels = tuple(m.level_models)
+  for l, preset in enumerate(levels):
+    need(preset in PRESET_NAMES, f"model.level_models[{l}]", preset, f"one of {PRESET_NAMES}")
+  num_levels = len(tuple(m.index.nodes_per_level))
+  need(len(levels) == num_levels, "model.level_models", levels,
+       f"one preset per index level ({num_levels}, from model.index.nodes_per_level)")
+  weights = tuple(m.level_loss_weights)
+  need(not weights or (len(weights) == num_levels and all(w >= 0 for w in weights)),
+       "model.level_loss_weights", weights, f"() or {num_levels} weights >= 0")
+  for field in ("embedding_loss_weight", "interaction_mse_weight", "ensemble_loss_weight",
+                "distill_weight"):
+    need(m[field] >= 0, f"model.{field}", m[field], ">= 0")
+  for field in ("embed_dim", "node_key_limit"):
+    need(isinstance(m[field], int) and m[field] > 0, f"model.{field}", m[field], "a positive int")
+  for field in ("embed_temperature", "distill_temperature"):
+    need(m[field] > 0, f"model.{field}", m[field], "> 0")
+  need(0 <= m.ema_decay < 1, "model.ema_decay", m.ema_decay, "in [0, 1)")
+  need(m.eval_scorer in ("ensemble", "item"), "model.eval_scorer", m.eval_scorer,
+       "'ensemble' or 'item'")
+  need(m.get("balance_over") in ("nodes", "codewords"), "model.balance_over",
+       m.get("balance_over"), "'nodes' or 'codewords'")
+  return errors + _index_errors(m.index, t)

@@ -2,7 +2,7 @@
 
 A `RetrievalTask` binds a Flax module to a dataset and a loss, so one train loop serves the
 two-tower baseline, MoNN and HSNN. `build_task(config, dataset)` dispatches on
-`config.model.kind`.
+`config.model.kind`; the MoNN and HSNN builders live in task_monn.py and task_hsnn.py.
 """
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ from hsnn_jax.models.scorer import Scorer
 from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
 
-MODEL_KINDS = ("two_tower",)
+MODEL_KINDS = ("two_tower", "monn", "hsnn")
 
 
 def _no_hook(step, params, aux):
   del step
   return params, aux
+
+
+def _no_export(params, aux, workdir):
+  del params, aux, workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,7 @@ class RetrievalTask:
   between_chunks(step, params, aux) -> (params, aux): host-side work between jitted chunks
     (e.g. EM re-clustering); the identity by default.
   report(params, aux) -> dict merged into results.json (e.g. index health).
+  export(params, aux, workdir) -> None: writes serving artifacts (e.g. the published index).
   history: the sampler's history mode ('causal' | 'full' | 'none').
   """
 
@@ -50,6 +55,7 @@ class RetrievalTask:
   history_len: int
   between_chunks: Callable[[int, Any, Any], Tuple[Any, Any]] = _no_hook
   report: Callable[[Any, Any], dict] = lambda params, aux: {}
+  export: Callable[[Any, Any, str], None] = _no_export
 
 
 def item_keys_array(ds: RecDataset, max_keys: int = 0) -> np.ndarray | None:
@@ -58,6 +64,24 @@ def item_keys_array(ds: RecDataset, max_keys: int = 0) -> np.ndarray | None:
     return None
   keys, _ = ds.item_attrs.to_padded(max_keys or None, pad=-1, keep="first")
   return keys
+
+
+def sampled_loss(logits: jax.Array, batch: Batch, data: DeviceInteractions,
+                 train: ml_collections.ConfigDict) -> jax.Array:
+  """The configured retrieval loss of logits [B, B + S] over the batch's candidates."""
+  candidates = jnp.concatenate([batch.positives, batch.negatives])
+  logq = (losses.logq_offsets(batch.positives, batch.negatives, data.item_logq, data.num_items)
+          if train.logq_correction else None)
+  return losses.retrieval_loss(logits, batch.positives, candidates, kind=train.loss, logq=logq)
+
+
+def _next_item_loss(model: two_tower.TwoTower, batch: Batch):
+  """Sequence tower trained SASRec-style: every window position predicts its next item."""
+  c = model.config
+  return losses.next_item_loss(
+      model.encode_positions(batch.users, deterministic=False), model.encode_items_nd,
+      batch.users.history[:, -c.max_history:], batch.positives, batch.negatives,
+      num_items=c.num_items, temperature=c.temperature if c.score == "cosine" else 1.0)
 
 
 def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
@@ -77,12 +101,13 @@ def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> Retrieval
 
   def loss(params, aux, batch: Batch, key, data: DeviceInteractions, step):
     del step
+    if mc.user_tower == "sequence" and t.get("all_positions", True):
+      value = module.apply({"params": params}, batch, method=_next_item_loss, rngs={"dropout": key})
+      return value, ({"loss": value}, aux)
     candidates = jnp.concatenate([batch.positives, batch.negatives])
     logits = module.apply({"params": params}, batch.users, candidates, deterministic=False,
                           rngs={"dropout": key})
-    logq = (losses.logq_offsets(batch.positives, batch.negatives, data.item_logq, data.num_items)
-            if t.logq_correction else None)
-    value = losses.retrieval_loss(logits, batch.positives, candidates, kind=t.loss, logq=logq)
+    value = sampled_loss(logits, batch, data, t)
     return value, ({"loss": value}, aux)
 
   return RetrievalTask(init=init, loss=loss, scorer=lambda p, aux: two_tower.make_scorer(module, p),
@@ -93,4 +118,11 @@ def build_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
   kind = cfg.model.kind
   if kind == "two_tower":
     return _two_tower_task(cfg, ds)
+  # Imported here: the family modules import RetrievalTask and sampled_loss from this one.
+  if kind == "monn":
+    from hsnn_jax.train import task_monn  # pylint: disable=import-outside-toplevel
+    return task_monn.monn_task(cfg, ds)
+  if kind == "hsnn":
+    from hsnn_jax.train import task_hsnn  # pylint: disable=import-outside-toplevel
+    return task_hsnn.hsnn_task(cfg, ds)
   raise ValueError(f"model.kind={kind!r}: expected one of {MODEL_KINDS}")

@@ -1,0 +1,410 @@
+"""Retrieval cost on the planted synthetic corpus (docs/BENCHMARKS.md §E).
+
+  python -m experiments.benchmark_retrieval --config=experiments/configs/bench_synthetic_1m.py \
+      --out=runs/bench_1m.json
+
+Two scorers over one corpus, each against its own exhaustive top-K on the same queries:
+  dot:   the planted dot-product model (user and item vectors from the generator; no training).
+         Methods: exhaustive, beam search (index levels scored per config.dot_node_scoring:
+         representative items or node embeddings), and the FAISS / ScaNN peers on the same
+         vectors when importable. Index: residual k-means on the planted item vectors.
+  monn:  a MoNN (config.monn.preset) with the planted category path of each item as its I2IF
+         keys, its user and item id embeddings optionally warm-started from the planted vectors
+         (config.monn.init_from_planted), trained config.monn.steps steps of sampled softmax on
+         the training interactions. Methods: exhaustive (on the first config.monn_queries
+         queries only: it is the slow reference), beam search (every index level scored by the
+         same MoNN on the node's representative item) and the two-stage baseline (planted
+         dot-product top-k', then MoNN rescoring). Index: residual k-means on an embedding of
+         the MoNN's own item side (config.index.monn_embedding, see `monn_index_embedding`).
+Indexes are published with `publish_index`; `build_s` includes k-means, publishing and encoding
+the representatives.
+
+Queries: a fixed random sample of users with a test item; each user's train and valid items are
+excluded; recall@K is against the held-out test item. Every method runs the same query batches
+of config.query_batch users; latency is per batch, after one warm-up call.
+
+Output: a JSON list, one row per (method, setting, corpus, scorer), with
+  exactness@K                  share of the same scorer's exhaustive top-K returned
+  recall@K                     against the held-out test item
+  items_scored_frac            items scored by the item-level model per query / corpus size
+  qps, p50_ms, p99_ms          per batch of query_batch queries
+  peak_mem_mb                  peak RSS (or device memory) above the start of the timed calls
+  build_s                      what the method needs beyond the shared item reprs: index
+                               k-means + publish + node reprs, a peer's index, the two-stage
+                               prefilter corpus; 0 for exhaustive
+  latency_ratio_vs_exhaustive  this p50 / the same scorer's exhaustive p50 (0.05 = 20x faster)
+and a PNG of exactness against items_scored_frac next to it. A plain table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Dict, List, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from hsnn_jax.data import synthetic
+from hsnn_jax.data.types import concat_rows
+from hsnn_jax.index.kmeans import residual_kmeans
+from hsnn_jax.index.publish import publish_index
+from hsnn_jax.models import monn as monn_lib
+from hsnn_jax.models.scorer import Scorer, UserBatch
+from hsnn_jax.retrieval import beam_search as bs
+from hsnn_jax.retrieval import cost
+from hsnn_jax.retrieval import peers
+from hsnn_jax.retrieval.exhaustive import encode_corpus, exhaustive_top_k
+from hsnn_jax.retrieval.two_stage import TwoStage
+from hsnn_jax.train import losses
+from hsnn_jax.train.sampler import DeviceInteractions, right_aligned, sample_batch
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file.")
+_OUT = flags.DEFINE_string("out", None, "Output JSON path (the plot goes next to it).")
+flags.mark_flags_as_required(["config", "out"])
+
+
+class Queries:
+  """B-sized query batches of one fixed user sample: users, exclusions, truth, MoNN histories."""
+
+  def __init__(self, corpus: synthetic.SyntheticCorpus, num: int, batch: int, history_len: int,
+               seed: int):
+    ds = corpus.dataset
+    candidates = np.flatnonzero(ds.test.lengths() > 0)
+    rng = np.random.default_rng(seed)
+    self.users = np.sort(rng.choice(candidates, num - num % batch, replace=False)).astype(np.int32)
+    known = concat_rows([ds.train, ds.valid], self.users)
+    self.exclude, _ = known.to_padded()
+    self.history = right_aligned(known, history_len)
+    self.truth, _ = concat_rows([ds.test], self.users).to_padded()
+    self.batch = batch
+
+  def batches(self, limit: int = 0):
+    """[(UserBatch, exclude [B, E]) per batch], the first `limit` queries (0: all)."""
+    stop = min(limit or len(self.users), len(self.users))
+    out = []
+    for start in range(0, stop - stop % self.batch, self.batch):
+      rows = slice(start, start + self.batch)
+      users = UserBatch(user=jnp.asarray(self.users[rows]), history=jnp.asarray(self.history[rows]),
+                        features=jnp.zeros((self.batch, 0), jnp.int32))
+      out.append((users, jnp.asarray(self.exclude[rows])))
+    return out
+
+
+def planted_scorer(corpus: synthetic.SyntheticCorpus) -> Scorer:
+  """The generator's dot-product model: user vectors [U, d] . item vectors [V, d]."""
+  users = jnp.asarray(corpus.user_vectors())
+  items = jnp.asarray(corpus.item_vectors())
+  dim = int(items.shape[1])
+  return Scorer(encode_users=lambda ub: users[ub.user], encode_items=lambda ids: items[ids],
+                score=lambda u, v: u @ v.T, flops_per_pair=2 * dim, name="planted_dot")
+
+
+def planted_keys(corpus: synthetic.SyntheticCorpus) -> tuple[np.ndarray, int]:
+  """Each item's planted category path as I2IF keys: [V, depth] int32 (level offsets added)."""
+  paths = corpus.dataset.item_tree_paths
+  sizes = np.cumprod(corpus.config.branching)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  return (paths + offsets).astype(np.int32), int(sizes.sum())
+
+
+def planted_warm_start(params, corpus: synthetic.SyntheticCorpus):
+  """Replaces the MoNN's user and item id embeddings [*, field_dim] by the planted vectors,
+  centred (which shifts each user's scores by a constant) and projected on their top principal
+  directions, scaled to the initialiser's spread. The towers still start random."""
+  items, users = corpus.item_vectors(), corpus.user_vectors()
+  items -= items.mean(axis=0)
+  dim = params["item_embed"]["embedding"].shape[1]
+  sample = items[np.random.default_rng(0).choice(items.shape[0], min(items.shape[0], 65536),
+                                                 replace=False)]
+  projection = np.linalg.svd(sample, full_matrices=False)[2][:dim].T  # [d_planted, <= dim]
+  projection = np.pad(projection, ((0, 0), (0, dim - projection.shape[1])))
+  scale = float(np.std(params["item_embed"]["embedding"])) / float(np.std(sample @ projection))
+  params = jax.tree.map(lambda x: x, params)  # a copy whose dicts may be replaced
+  params["item_embed"] = {"embedding": jnp.asarray(items @ projection * scale)}
+  params["user_embed"] = {"embedding": jnp.asarray(users @ projection * scale)}
+  return params
+
+
+def train_monn(corpus: synthetic.SyntheticCorpus, mc, history_len: int, seed: int):
+  """Sampled softmax (in-batch + uniform negatives, logQ-corrected) for mc.steps Adam steps.
+
+  Returns (Scorer, trained params, a one-line description of how it was trained).
+  """
+  keys, num_keys = planted_keys(corpus)
+  config = monn_lib.monn_preset(mc.preset)
+  model = monn_lib.MoNN(config, item_keys=jnp.asarray(keys), num_keys=num_keys,
+                        num_users=corpus.config.num_users)
+  data = DeviceInteractions.from_dataset(corpus.dataset, history_len)
+  key = jax.random.PRNGKey(seed)
+  draw = lambda k: sample_batch(k, data, mc.batch_size, mc.num_negatives, "full")
+  first = draw(key)
+  params = model.init(jax.random.fold_in(key, 1), first.users, first.positives[:2])["params"]
+  if mc.init_from_planted:
+    params = planted_warm_start(params, corpus)
+  tx = optax.adam(mc.learning_rate)
+  opt_state = tx.init(params)
+
+  def loss_fn(p, batch):
+    candidates = jnp.concatenate([batch.positives, batch.negatives])
+    logits = model.apply({"params": p}, batch.users, candidates)[..., 0]
+    logq = losses.logq_offsets(batch.positives, batch.negatives, data.item_logq, data.num_items)
+    return losses.retrieval_loss(logits, batch.positives, candidates, kind="softmax", logq=logq)
+
+  @jax.jit
+  def step(p, state, k):
+    value, grads = jax.value_and_grad(loss_fn)(p, draw(k))
+    updates, state = tx.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, value
+
+  start, history = time.perf_counter(), []
+  for i in range(mc.steps):
+    params, opt_state, value = step(params, opt_state, jax.random.fold_in(key, 100 + i))
+    if i % max(1, mc.steps // 10) == 0 or i == mc.steps - 1:
+      history.append(f"{i}:{float(value):.3f}")
+  warm = "id embeddings warm-started from the planted vectors, then " if mc.init_from_planted else ""
+  note = (f"{config.name}, I2IF keys = planted category path, {warm}trained {mc.steps} steps (batch {mc.batch_size}, "
+          f"{mc.num_negatives} uniform negatives, lr {mc.learning_rate}) in "
+          f"{time.perf_counter() - start:.0f}s; loss {' '.join(history)}")
+  return monn_lib.make_scorer(model, params, history_len=history_len), params, note
+
+
+def build_index(embeddings: np.ndarray, nodes_per_level: Sequence[int], iters: int, seed: int):
+  """Residual k-means + publish_index; returns (index, seconds)."""
+  start = time.perf_counter()
+  result = residual_kmeans(jax.random.PRNGKey(seed), jnp.asarray(embeddings), nodes_per_level,
+                           num_iters=iters)
+  index = publish_index(np.asarray(result.codes), [np.asarray(c) for c in result.codebooks],
+                        embeddings)
+  return index, time.perf_counter() - start
+
+
+def monn_index_embedding(kind: str, params, item_reprs, corpus, key_weight: float) -> np.ndarray:
+  """[V, d] embedding the MoNN index clusters, each part standardised.
+
+  item_tower: the MoNN's item tower output;
+  keys_tower: key_weight x the mean of the item's key (category) embeddings, next to the item
+    tower output: k-means then splits categories first, whose items share I2IF features;
+  planted: the generator's item vectors.
+  """
+  standardise = lambda x: (x - x.mean(axis=0)) / x.std()
+  tower = np.asarray(item_reprs.tower)
+  tower = standardise(tower.reshape(tower.shape[0], -1))
+  if kind == "item_tower":
+    return tower
+  if kind == "keys_tower":
+    keys, _ = planted_keys(corpus)
+    categories = np.asarray(params["key_embed"]["embedding"])[keys].mean(axis=1)
+    return np.concatenate([key_weight * standardise(categories), tower], axis=1)
+  if kind == "planted":
+    return corpus.item_vectors()
+  raise ValueError(f"index.monn_embedding must be item_tower, keys_tower or planted, got {kind!r}")
+
+
+class Bench:
+  """Runs methods on query batches and collects rows against each scorer's exhaustive run."""
+
+  def __init__(self, cfg, corpus_name: str, queries: Queries):
+    self.cfg, self.corpus_name, self.queries = cfg, corpus_name, queries
+    self.rows: List[Dict] = []
+    self.reference: Dict[str, np.ndarray] = {}
+    self.exhaustive_p50: Dict[str, float] = {}
+
+  def run(self, method: str, setting: str, scorer_name: str, search: Callable, batches,
+          num_items: int, build_s: float, flops: Callable = None):
+    """search(users, exclude) -> RetrievalResult or (scores, ids); timed on every batch.
+
+    flops: optional result -> model FLOPs per query, for the printed table.
+    """
+    jax.block_until_ready(search(*batches[0]))  # compile outside the memory and time windows
+    results = []
+
+    def call(users, exclude):
+      results.append(search(users, exclude))
+      return results[-1]
+
+    with cost.PeakMemory() as memory:
+      latency = cost.measure_latency(call, batches, self.queries.batch, warmup=False)
+    hierarchical = isinstance(results[0], bs.RetrievalResult)
+    ids = np.concatenate([np.asarray(r.ids if hierarchical else r[1]) for r in results])
+    scored = (float(np.mean(np.concatenate([np.asarray(r.items_scored) for r in results])))
+              if hierarchical else num_items)
+    mflops = np.mean([flops(r) for r in results]) / 1e6 if flops else float("nan")
+    k = self.cfg.k
+    if method == "exhaustive":
+      self.reference[scorer_name] = ids
+      self.exhaustive_p50[scorer_name] = latency.p50_ms
+    reference = self.reference[scorer_name][:len(ids)]
+    row = {"method": method, "setting": setting, "corpus": self.corpus_name, "scorer": scorer_name,
+           f"exactness@{k}": cost.exactness_at_k(ids, reference),
+           f"recall@{k}": cost.recall_at_k(ids, self.queries.truth[:len(ids)], k),
+           "items_scored_frac": scored / num_items, "qps": latency.qps,
+           "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms, "peak_mem_mb": memory.mb,
+           "build_s": build_s,
+           "latency_ratio_vs_exhaustive": latency.p50_ms / self.exhaustive_p50[scorer_name]}
+    self.rows.append(row)
+    print(_format(row, k, mflops), flush=True)
+    return row
+
+
+HEADER = (f"{'scorer':12s} {'method':12s} {'setting':28s} {'exact':>6s} {'recall':>6s} "
+          f"{'scored%':>8s} {'MFLOP/q':>8s} {'qps':>8s} {'p50ms':>9s} {'p99ms':>9s} "
+          f"{'mem MB':>7s} {'build s':>7s} {'p50/exh':>8s}")
+
+
+def _format(row, k, mflops):
+  return (f"{row['scorer']:12s} {row['method']:12s} {row['setting']:28s} "
+          f"{row[f'exactness@{k}']:6.4f} {row[f'recall@{k}']:6.4f} "
+          f"{100 * row['items_scored_frac']:8.3f} {mflops:8.2f} {row['qps']:8.1f} "
+          f"{row['p50_ms']:9.1f} {row['p99_ms']:9.1f} {row['peak_mem_mb']:7.0f} "
+          f"{row['build_s']:7.1f} {row['latency_ratio_vs_exhaustive']:8.4f}")
+
+
+def beam_settings(sweep) -> List[tuple]:
+  """Config sweep entries 'b0,b1,...[:max_items]' -> [(beam widths, max item candidates)]."""
+  out = []
+  for entry in sweep:
+    beams, _, budget = entry.partition(":")
+    out.append((tuple(int(b) for b in beams.split(",")), int(budget or 0)))
+  return out
+
+
+def run_beam_sweep(bench: Bench, scorer_name: str, index, level_scorers, item_stage, batches,
+                   sweep, build_s: float):
+  stages = [s.scorer for s in level_scorers]
+  flops = lambda r: cost.model_flops_per_query(r, stages, item_stage.scorer)
+  for beams, budget in beam_settings(sweep):
+    search = bs.BeamSearch(index, level_scorers, item_stage, beams, bench.cfg.k,
+                           max_candidates=(0,) * (len(beams) - 1) + (budget,))
+    setting = f"beams={','.join(map(str, beams))}" + (f" items<={budget}" if budget else "")
+    bench.run("beam_search", setting, scorer_name, search, batches, index.num_items, build_s,
+              flops)
+
+
+def dot_suite(bench: Bench, corpus, cfg):
+  scorer = planted_scorer(corpus)
+  batches = bench.queries.batches()
+  num_items = corpus.config.num_items
+  corpus_reprs = encode_corpus(scorer, num_items, cfg.item_chunk)
+  exhaustive = lambda u, e: exhaustive_top_k(scorer, u, cfg.k, exclude=e, corpus=corpus_reprs)
+  bench.run("exhaustive", "exact", "planted_dot", exhaustive, batches, num_items, 0.0,
+            lambda _: scorer.flops_per_query + num_items * scorer.flops_per_pair)
+  vectors = corpus.item_vectors()
+  index, build_s = build_index(vectors, cfg.index.dot_nodes_per_level, cfg.index.kmeans_iters,
+                               cfg.seed)
+  print(f"dot index: nodes per level {index.num_nodes}, max items per leaf "
+        f"{index.node_items.shape[1]}, built in {build_s:.1f}s", flush=True)
+  make_level = {"embedding": bs.node_embedding_level_scorer,
+                "representative": bs.representative_level_scorer}[cfg.dot_node_scoring]
+  levels = [make_level(scorer, index, l) for l in range(index.num_levels)]
+  item_stage = bs.item_level_scorer(scorer, num_items)
+  run_beam_sweep(bench, "planted_dot", index, levels, item_stage, batches, cfg.dot_sweep, build_s)
+  run_peers(bench, vectors, corpus.user_vectors(), cfg)
+
+
+def run_peers(bench: Bench, items: np.ndarray, users: np.ndarray, cfg):
+  present = peers.available()
+  batches = [(np.asarray(users[np.asarray(u.user)]), np.asarray(e))
+             for u, e in bench.queries.batches()]
+  for name, settings in cfg.peer_settings.items():
+    if not present[name]:
+      print(f"peer {name}: not importable here, skipped", flush=True)
+      continue
+    peer = peers.Peer(name, items, nlist=cfg.peers.nlist, hnsw_m=cfg.peers.hnsw_m,
+                      scann_leaves=cfg.peers.scann_leaves, seed=cfg.seed)
+    for setting in settings:
+      search = lambda u, e, s=setting: peer.search(u, cfg.k, e, s or None)
+      bench.run(name, f"search={setting}" if setting else "default", "planted_dot", search,
+                batches, items.shape[0], peer.build_s)
+
+
+def monn_suite(bench: Bench, corpus, cfg):
+  scorer, params, note = train_monn(corpus, cfg.monn, cfg.history_len, cfg.seed)
+  print(f"monn scorer: {note}; {scorer.flops_per_pair} FLOPs per pair, "
+        f"{scorer.flops_per_query} per query", flush=True)
+  num_items = corpus.config.num_items
+  batches = bench.queries.batches(cfg.monn_queries)
+  start = time.perf_counter()
+  corpus_reprs = encode_corpus(scorer, num_items, cfg.item_chunk)
+  item_stage = bs.item_level_scorer(scorer, num_items)
+  print(f"monn item reprs encoded twice (scan and flat layouts) in "
+        f"{time.perf_counter() - start:.1f}s", flush=True)
+  exhaustive = lambda u, e: exhaustive_top_k(scorer, u, cfg.k, exclude=e, corpus=corpus_reprs)
+  bench.run("exhaustive", "exact", "monn", exhaustive, batches, num_items, 0.0,
+            lambda _: scorer.flops_per_query + num_items * scorer.flops_per_pair)
+  del corpus_reprs
+  start = time.perf_counter()
+  embedding = monn_index_embedding(cfg.index.monn_embedding, params, item_stage.reprs, corpus,
+                                   cfg.index.key_weight)
+  embedding_s = time.perf_counter() - start
+  index, kmeans_s = build_index(embedding, cfg.index.monn_nodes_per_level,
+                                cfg.index.kmeans_iters, cfg.seed)
+  start = time.perf_counter()
+  levels = [bs.representative_level_scorer(scorer, index, l) for l in range(index.num_levels)]
+  build_s = embedding_s + kmeans_s + time.perf_counter() - start
+  print(f"monn index on {cfg.index.monn_embedding}: nodes per level {index.num_nodes}, max items "
+        f"per leaf {index.node_items.shape[1]}, built in {build_s:.1f}s", flush=True)
+  run_beam_sweep(bench, "monn", index, levels, item_stage, batches, cfg.monn_sweep, build_s)
+  cheap = planted_scorer(corpus)
+  flops = lambda r: cost.model_flops_per_query(r, [cheap], scorer)
+  for k_prime in cfg.two_stage_k_primes:
+    start = time.perf_counter()
+    search = TwoStage(cheap, item_stage, num_items, k_prime, cfg.k, cfg.item_chunk)
+    bench.run("two_stage", f"planted_dot top-{k_prime}", "monn", search, batches, num_items,
+              time.perf_counter() - start, flops)
+
+
+def plot(rows: List[Dict], k: int, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for key in sorted({(r["scorer"], r["method"]) for r in rows}):
+    pts = sorted((r["items_scored_frac"], r[f"exactness@{k}"]) for r in rows
+                 if (r["scorer"], r["method"]) == key)
+    ax.plot(*zip(*pts), marker="o", label=f"{key[0]} / {key[1]}")
+  ax.set_xscale("log")
+  ax.set_xlabel("items scored by the model per query / corpus size")
+  ax.set_ylabel(f"exactness@{k} vs the same model's exhaustive top-{k}")
+  ax.set_title(rows[0]["corpus"])
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  print(f"devices: {jax.devices()}  backend: {jax.default_backend()}  jax {jax.__version__}  "
+        f"cpus: {os.cpu_count()}", flush=True)
+  syn_cfg = synthetic.PRESETS[cfg.corpus]
+  if cfg.corpus_overrides:
+    syn_cfg = syn_cfg.__class__(**{**syn_cfg.__dict__, **dict(cfg.corpus_overrides)})
+  start = time.perf_counter()
+  corpus = synthetic.build(syn_cfg)
+  print(f"corpus {syn_cfg.name}: {syn_cfg.num_items} items, {syn_cfg.num_users} users, "
+        f"built in {time.perf_counter() - start:.1f}s", flush=True)
+  queries = Queries(corpus, cfg.num_queries, cfg.query_batch, cfg.history_len, cfg.seed)
+  bench = Bench(cfg, syn_cfg.name, queries)
+  print(f"{len(queries.users)} queries in batches of {cfg.query_batch}; K={cfg.k}\n{HEADER}")
+  if "dot" in cfg.suites:
+    dot_suite(bench, corpus, cfg)
+  if "monn" in cfg.suites:
+    monn_suite(bench, corpus, cfg)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, "w") as f:
+    json.dump(bench.rows, f, indent=1)
+  png = os.path.splitext(_OUT.value)[0] + ".png"
+  plot(bench.rows, cfg.k, png)
+  print(f"wrote {_OUT.value} and {png}")
+
+
+if __name__ == "__main__":
+  app.run(main)

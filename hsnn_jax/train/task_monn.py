@@ -1,0 +1,74 @@
+"""The 'monn' task: one MoNN trained with the sampled retrieval losses of the two-tower baseline.
+
+Logits [B, B + S] are task 0 of the MoNN's score over the batch's candidates (in-batch positives
+then S uniform negatives); the task is "interacted". I2IF keys are the dataset's item attributes
+when it has them and `model.item_attrs` is on; otherwise every item is keyless (an empty key
+set), so on attribute-free data such as Gowalla the interaction tower sees all-zero I2IF
+features and the MoNN reduces to its user/item towers and OverArch. (HSNN uses its learned
+index's nodes as keys there instead, see task_hsnn.py.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from hsnn_jax.data.types import RecDataset
+from hsnn_jax.models import monn
+from hsnn_jax.train.sampler import Batch, DeviceInteractions
+from hsnn_jax.train.tasks import RetrievalTask, sampled_loss
+
+HISTORY_MODES = ("full", "causal")
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """The `config.model` section of a 'monn' run."""
+  m = ml_collections.ConfigDict()
+  m.kind = "monn"
+  m.preset = "monn_small"  # one of monn.PRESET_NAMES (HSNN Table 5 sizes)
+  m.overrides = ml_collections.ConfigDict()  # MoNNConfig fields over the preset, e.g. user_mlp
+  m.history = "full"  # 'full': the user's training items (CF); 'causal': items before the label
+  m.history_len = 50
+  m.item_attrs = True  # dataset item attributes as I2IF keys, when the dataset has them
+  m.max_item_keys = 0  # > 0: keep each item's first max_item_keys attributes
+  return m
+
+
+def _as_fields(overrides: Any) -> dict:
+  """ConfigDict overrides -> MoNNConfig keyword arguments (lists become tuples)."""
+  items = overrides.to_dict().items() if hasattr(overrides, "to_dict") else dict(overrides).items()
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in items}
+
+
+def monn_config(preset: str, overrides: Any = None, **fields: Any) -> monn.MoNNConfig:
+  """monn.monn_preset(preset) with the config's overrides and then `fields` applied."""
+  return monn.monn_preset(preset, **{**_as_fields(overrides or {}), **fields})
+
+
+def monn_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
+  m, t = cfg.model, cfg.train
+  config = monn_config(m.preset, m.overrides, num_tasks=1)
+  keyed = bool(m.item_attrs) and ds.item_attrs is not None
+  module = monn.MoNN.for_dataset(config, ds if keyed else _without_attrs(ds),
+                                 max_keys=m.max_item_keys or None)
+
+  def init(key, batch: Batch):
+    return module.init(key, batch.users, batch.positives)["params"], ()
+
+  def loss(params, aux, batch: Batch, key, data: DeviceInteractions, step):
+    del key, step
+    candidates = jnp.concatenate([batch.positives, batch.negatives])
+    logits = module.apply({"params": params}, batch.users, candidates)[..., 0]
+    value = sampled_loss(logits, batch, data, t)
+    return value, ({"loss": value}, aux)
+
+  return RetrievalTask(
+      init=init, loss=loss, history=m.history, history_len=m.history_len,
+      scorer=lambda params, aux: monn.make_scorer(module, params, history_len=m.history_len))
+
+
+def _without_attrs(ds: RecDataset) -> RecDataset:
+  return dataclasses.replace(ds, item_attrs=None, num_attrs=0)
