@@ -12,25 +12,11 @@ from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval import beam_search as bs
 from hsnn_jax.retrieval.cost import exactness_at_k
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k
+from tests import helpers
+from tests.helpers import dot_scorer
 
 NUM_USERS, NUM_ITEMS, DIM = 12, 300, 4
 NODES = (3, 4, 5)
-
-
-def tie_free_vectors(seed):
-  """Small-integer user and item vectors plus a last item coordinate item_id / 1024 (user weight
-  1): every dot product is exact in float32 and no two items tie for a user."""
-  rng = np.random.default_rng(seed)
-  users = np.concatenate([rng.integers(-3, 4, (NUM_USERS, DIM)), np.ones((NUM_USERS, 1))], 1)
-  items = np.concatenate([rng.integers(-3, 4, (NUM_ITEMS, DIM)),
-                          np.arange(NUM_ITEMS)[:, None] / 1024], 1)
-  return users.astype(np.float32), items.astype(np.float32)
-
-
-def dot_scorer(users, items, score=None):
-  return Scorer(encode_users=lambda ub: jnp.asarray(users)[ub.user],
-                encode_items=lambda ids: jnp.asarray(items)[ids],
-                score=score or (lambda u, v: u @ v.T), flops_per_pair=2 * (DIM + 1), name="dot")
 
 
 def user_batch(user_ids):
@@ -71,7 +57,7 @@ def exclusions(seed, rows=NUM_USERS, width=25):
 @pytest.mark.parametrize("node_scoring", ["representative", "embedding"])
 @pytest.mark.parametrize("weights", [None, "index_sum"])
 def test_full_beams_equal_exhaustive_retrieval(node_scoring, weights):
-  users, items = tie_free_vectors(0)
+  users, items = _vectors(0)
   scorer, index = dot_scorer(users, items), tiny_index(items)
   if weights == "index_sum":  # ancestors steer the beams; the item ranking stays the model's
     weights = ((1.0,), (1.0, 1.0), (0.5, 1.0, 2.0), (0.0, 0.0, 0.0, 1.0))
@@ -88,7 +74,7 @@ def test_full_beams_equal_exhaustive_retrieval(node_scoring, weights):
 
 def test_full_beams_with_hsnn_ensemble_weights_rank_by_the_ensemble_score():
   """Flat weights w: the item stage ranks by w[L] s_item(v) + sum_l w[l] s_l(node_l(v))."""
-  users, items = tie_free_vectors(12)
+  users, items = _vectors(12)
   scorer, index = dot_scorer(users, items), tiny_index(items, seed=12)
   weights = (0.5, 0.25, 0.125, 1.0)
   got = searcher(scorer, index, index.num_nodes, 25, level_weights=weights)(
@@ -103,7 +89,7 @@ def test_full_beams_with_hsnn_ensemble_weights_rank_by_the_ensemble_score():
 
 
 def test_exactness_never_falls_as_beams_widen():
-  users, items = tie_free_vectors(3)
+  users, items = _vectors(3)
   scorer, index = dot_scorer(users, items), tiny_index(items, seed=3)
   ub, exclude = user_batch(np.arange(NUM_USERS)), exclusions(4)
   _, reference = exhaustive_top_k(scorer, ub, 20, num_items=NUM_ITEMS, exclude=exclude)
@@ -120,7 +106,7 @@ def test_exactness_never_falls_as_beams_widen():
 def test_leaf_beam_and_item_budget_give_nested_candidate_sets():
   """Widening only the leaf beam or the item budget can only add candidates: the returned top-K
   at the wider setting contains every exhaustive top-K item the narrower one found."""
-  users, items = tie_free_vectors(5)
+  users, items = _vectors(5)
   scorer, index = dot_scorer(users, items), tiny_index(items, seed=5)
   ub = user_batch(np.arange(NUM_USERS))
   _, reference = map(np.asarray, exhaustive_top_k(scorer, ub, 15, num_items=NUM_ITEMS))
@@ -141,7 +127,7 @@ def test_leaf_beam_and_item_budget_give_nested_candidate_sets():
 
 
 def test_padded_and_excluded_items_are_never_returned():
-  users, items = tie_free_vectors(6)
+  users, items = _vectors(6)
   scorer, index = dot_scorer(users, items), tiny_index(items, seed=6)
   ub, exclude = user_batch(np.arange(NUM_USERS)), exclusions(7, width=60)
   k = 50  # more than one leaf holds, so rows run out of candidates and must pad
@@ -159,7 +145,7 @@ def test_padded_and_excluded_items_are_never_returned():
 
 
 def test_same_shapes_never_retrace():
-  users, items = tie_free_vectors(8)
+  users, items = _vectors(8)
   traces = []
 
   def counting_score(u, v):
@@ -189,14 +175,14 @@ def test_expand_lays_children_out_back_to_back():
 
 
 def test_representative_scorer_encodes_the_representatives():
-  users, items = tie_free_vectors(10)
+  users, items = _vectors(10)
   index = tiny_index(items, seed=10)
   level = bs.representative_level_scorer(dot_scorer(users, items), index, 1, chunk=3)
   np.testing.assert_array_equal(level.reprs, items[index.representative[1]])
 
 
 def test_bad_arguments_raise():
-  users, items = tie_free_vectors(11)
+  users, items = _vectors(11)
   scorer, index = dot_scorer(users, items), tiny_index(items, seed=11)
   with pytest.raises(ValueError, match="beam widths"):
     searcher(scorer, index, (2, 2), 5)
@@ -205,3 +191,7 @@ def test_bad_arguments_raise():
   levels = [bs.representative_level_scorer(scorer, index, l) for l in range(3)]
   with pytest.raises(ValueError, match="leading dims"):
     bs.BeamSearch(index, levels[::-1], bs.item_level_scorer(scorer, NUM_ITEMS), (2, 2, 2), 5)
+
+
+def _vectors(seed):
+  return helpers.tie_free_vectors(seed, NUM_USERS, NUM_ITEMS, DIM)

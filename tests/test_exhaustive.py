@@ -12,28 +12,10 @@ from hsnn_jax.eval import evaluate as evaluation
 from hsnn_jax.eval import metrics
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval import exhaustive
+from tests import helpers
+from tests.helpers import dot_scorer
 
 NUM_USERS, NUM_ITEMS, DIM = 23, 300, 4
-
-
-def tie_free_embeddings(seed):
-  """Small-integer embeddings plus a last dimension item_id / 1024 that the user weighs by 1.
-
-  Every score is exact in float32 (so chunked and full scoring agree bit for bit) and no two items
-  tie for a user.
-  """
-  rng = np.random.default_rng(seed)
-  users = np.concatenate([rng.integers(-3, 4, (NUM_USERS, DIM)), np.ones((NUM_USERS, 1))], 1)
-  items = np.concatenate([rng.integers(-3, 4, (NUM_ITEMS, DIM)),
-                          np.arange(NUM_ITEMS)[:, None] / 1024], 1)
-  return users.astype(np.float32), items.astype(np.float32)
-
-
-def dot_scorer(users, items, trace_check=None):
-  encode_users = lambda ub: jnp.asarray(users)[ub.user]
-  return Scorer(encode_users=trace_check(encode_users) if trace_check else encode_users,
-                encode_items=lambda ids: jnp.asarray(items)[ids],
-                score=lambda u, v: u @ v.T, flops_per_pair=2 * (DIM + 1), name="dot")
 
 
 def make_user_batch(user_ids):
@@ -63,7 +45,7 @@ def random_exclusions(rng, rows, width):
 
 @pytest.mark.parametrize("item_chunk", [64, 300, 1000])
 def test_exhaustive_top_k_with_exclusion_and_mask_matches_full_sort(item_chunk):
-  users, items = tie_free_embeddings(0)
+  users, items = _vectors(0)
   rng = np.random.default_rng(1)
   user_ids = np.arange(8)
   exclude = random_exclusions(rng, 8, 40)
@@ -77,7 +59,7 @@ def test_exhaustive_top_k_with_exclusion_and_mask_matches_full_sort(item_chunk):
 
 
 def test_excluded_and_padded_items_are_never_returned():
-  users, items = tie_free_embeddings(2)
+  users, items = _vectors(2)
   exclude = np.stack([np.arange(0, 150), np.arange(150, 300)]).astype(np.int32)
   valid = np.ones(NUM_ITEMS, bool)
   valid[:100] = False  # user 0 is left with items 150..299, user 1 with 100..149
@@ -92,11 +74,11 @@ def test_excluded_and_padded_items_are_never_returned():
 
 
 def test_user_chunked_driver_pads_last_chunk_and_compiles_once():
-  users, items = tie_free_embeddings(3)
+  users, items = _vectors(3)
   rng = np.random.default_rng(4)
   user_ids = rng.permutation(NUM_USERS)[:17]
   exclude = random_exclusions(rng, 17, 10)
-  scorer = dot_scorer(users, items, trace_check=chex.assert_max_traces(n=1))
+  scorer = dot_scorer(users, items, wrap_encode_users=chex.assert_max_traces(n=1))
   scores, ids = exhaustive.exhaustive_top_k_for_users(
       scorer, make_user_batch, user_ids, 12, num_items=NUM_ITEMS, user_chunk=5, item_chunk=128,
       exclude=exclude)
@@ -122,7 +104,7 @@ def tiny_dataset():
 @pytest.mark.parametrize("split", ["test", "valid"])
 def test_evaluate_end_to_end_and_save_topk(split, tmp_path):
   ds = tiny_dataset()
-  users, items = tie_free_embeddings(6)
+  users, items = _vectors(6)
   result = evaluation.evaluate(dot_scorer(users, items), ds, split, ks=(5, 10),
                                make_user_batch=make_user_batch, user_chunk=4, item_chunk=128)
   truth_csr = getattr(ds, split)
@@ -170,3 +152,7 @@ def test_save_topk_keeps_padding(tmp_path):
   with np.load(tmp_path / "topk.npz") as z:
     np.testing.assert_array_equal(z["users"], [27, 57])
     np.testing.assert_array_equal(z["items"], [[1012, -1], [1000, 1897]])
+
+
+def _vectors(seed):
+  return helpers.tie_free_vectors(seed, NUM_USERS, NUM_ITEMS, DIM)

@@ -99,6 +99,18 @@ def test_user_item_loss_reaches_codebooks_only_in_joim(dataset, joim, mode):
     assert norms["codebooks"] == [0.0, 0.0] and norms["item_head"] == 0.0, norms
 
 
+def test_distillation_pulls_toward_an_ema_teacher(dataset, joim):
+  cfg = small_config(distill_weight=0.5, ema_decay=0.9)
+  _, params, aux, _, _ = joim
+  teacher = jax.tree.map(lambda x: x + 0.1, params["item_model"])
+  task, params, aux, batch, data = built_task(cfg, dataset, (params, aux.replace(teacher=teacher)))
+  _, (metrics, new_aux) = jax.jit(task.loss)(params, aux, batch, jax.random.PRNGKey(2), data, 5)
+  assert float(metrics["distillation"]) > 0
+  want = jax.tree.map(lambda t, p: 0.9 * t + 0.1 * p, teacher, params["item_model"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               new_aux.teacher, want)
+
+
 def test_ensemble_scorer_equals_levels_on_representatives(dataset, joim, tmp_path):
   """Exhaustive HSNN score of item v = w_item s_item(v) + sum_l w_l s_l(representative of v's
   level-l node), computed here the slow way: every item's representatives scored one by one."""

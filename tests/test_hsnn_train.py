@@ -27,6 +27,7 @@ import pytest
 
 from experiments.configs import tiny_hsnn, tiny_monn
 from hsnn_jax.data import synthetic
+from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.index.residual_quantizer import get_codebooks, set_codebooks
 from hsnn_jax.train import tasks, trainer
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch
@@ -138,6 +139,9 @@ def test_trainer_end_to_end_writes_index_health_per_level(tmp_path):
     assert 0.0 <= results["index_recovery"][f"level_{l}"]["nmi"] <= 1.0
   assert len(results["ensemble_weights"]) == 3
   assert 0.0 < results["metrics"]["recall@20"] <= 1.0
+  index = PublishedIndex.load(str(tmp_path / "run" / "index.npz"))  # written by task.export
+  assert list(index.num_nodes) == [results["index_health"][f"level_{l}"]["num_nodes"]
+                                   for l in range(2)]
 
 
 def test_monn_task_trains_end_to_end(tmp_path):

@@ -16,13 +16,7 @@ from hsnn_jax.train import task_hsnn
 
 def get_config():
   c = beauty_monn_small.get_config()
-  c.model = task_hsnn.default_model_config()
-  c.model.item_model = "monn_small"
-  c.model.level_models = ("monn_medium", "monn_small")
-  c.model.history = "causal"
-  c.model.history_len = 50
-  c.model.item_attrs = True
-  c.model.embed_dim = 32
+  c.model = task_hsnn.default_model_config(history="causal", item_attrs=True)
   c.model.index.nodes_per_level = (32, 16)
   c.model.index.mode = "joim"
   c.model.index.start_step = 2000

@@ -21,12 +21,7 @@ from hsnn_jax.train import task_hsnn
 
 def get_config():
   c = gowalla_monn_small.get_config()
-  c.model = task_hsnn.default_model_config()
-  c.model.item_model = "monn_small"
-  c.model.level_models = ("monn_medium", "monn_small")
-  c.model.history = "full"
-  c.model.history_len = 50
-  c.model.embed_dim = 32
+  c.model = task_hsnn.default_model_config(history="full")  # monn_medium / monn_small levels
   c.model.index.nodes_per_level = (64, 16)
   c.model.index.mode = "joim"
   c.model.index.start_step = 2000

@@ -11,25 +11,17 @@ user's training items ('full' history). Sized for an accelerator: every (user, c
 pair of the 1024 x 2048 logits runs the OverArch and the interaction tower.
 """
 
-from experiments.configs.defaults import base_config
+from experiments.configs import gowalla_two_tower
 from hsnn_jax.train import task_monn
 
 
 def get_config():
-  c = base_config()
-  c.dataset = "gowalla"
-  c.model = task_monn.default_model_config()
-  c.model.preset = "monn_small"
-  c.model.history = "full"
-  c.model.history_len = 50
+  c = gowalla_two_tower.get_config()  # data, schedule, metrics
+  c.model = task_monn.default_model_config(preset="monn_small", history="full")
   c.train.batch_size = 1024
   c.train.num_negatives = 1024
   c.train.learning_rate = 3e-3
   c.train.warmup_steps = 200
-  c.train.num_steps = 6000
-  c.train.log_every = 200
-  c.train.checkpoint_every = 1000
-  c.eval.ks = (10, 20, 50)
   c.eval.user_chunk = 256
   c.eval.item_chunk = 8192
   return c

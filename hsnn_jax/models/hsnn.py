@@ -205,8 +205,10 @@ class HSNN(nn.Module):
     """[N] item ids -> [N, d] unit-norm item embeddings (what the index quantizes)."""
     return self._embed(self.item_head, self.item_model.encode_items(item_ids).tower)
 
-  def quantize(self, item_ids: jax.Array, alpha) -> ResidualQuantizerOutput:
-    return self.quantizer(self.item_embeddings(item_ids), alpha)
+  def embed_and_code(self, item_ids: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """[N] item ids -> embeddings [N, d] and hard codes [N, L] (argmin: alpha plays no part)."""
+    v = self.item_embeddings(item_ids)
+    return v, self.quantizer(v, 1.0).codes
 
   def encode_level_users(self, users: UserBatch, level: int) -> NodeUserRepr:
     return self.levels[level].encode_users(users)

@@ -10,6 +10,8 @@ from hsnn_jax.index.config import IndexConfig
 from hsnn_jax.models.monn import PRESET_NAMES, MoNNConfig, monn_preset
 from hsnn_jax.models.two_tower import SCORES, USER_TOWERS
 from hsnn_jax.train.losses import LOSSES
+from hsnn_jax.train.task_hsnn import BALANCE_OVER, EVAL_SCORERS, INDEX_SCHEDULE_FIELDS
+from hsnn_jax.train.task_monn import HISTORY_MODES
 from hsnn_jax.train.tasks import MODEL_KINDS
 
 OPTIMIZERS = ("adamw", "adam", "adagrad")
@@ -85,8 +87,7 @@ def _override_errors(overrides, presets) -> list:
 
 def _index_errors(index, t) -> list:
   """Every bad model.index field: IndexConfig fields one at a time, then the schedule fields."""
-  schedule = ("start_step", "em_every")
-  values = {k: v for k, v in index.to_dict().items() if k not in schedule}
+  values = {k: v for k, v in index.to_dict().items() if k not in INDEX_SCHEDULE_FIELDS}
   known = {f.name for f in dataclasses.fields(IndexConfig)}
   errors = [f"model.index.{k}={v!r}: not an IndexConfig field" for k, v in values.items()
             if k not in known]
@@ -123,8 +124,8 @@ def _monn_family_errors(m, t) -> list:
     if not cond:
       errors.append(f"{field}={value!r}: {expected}")
 
-  need(m.get("history") in ("full", "causal"), "model.history", m.get("history"),
-       "'full' or 'causal'")
+  need(m.get("history") in HISTORY_MODES, "model.history", m.get("history"),
+       f"one of {HISTORY_MODES}")
   need(isinstance(m.history_len, int) and m.history_len > 0, "model.history_len", m.history_len,
        "a positive int")
   if m.kind == "monn":
@@ -149,8 +150,8 @@ def _monn_family_errors(m, t) -> list:
   for field in ("embed_temperature", "distill_temperature"):
     need(m[field] > 0, f"model.{field}", m[field], "> 0")
   need(0 <= m.ema_decay < 1, "model.ema_decay", m.ema_decay, "in [0, 1)")
-  need(m.eval_scorer in ("ensemble", "item"), "model.eval_scorer", m.eval_scorer,
-       "'ensemble' or 'item'")
-  need(m.get("balance_over") in ("nodes", "codewords"), "model.balance_over",
-       m.get("balance_over"), "'nodes' or 'codewords'")
+  need(m.eval_scorer in EVAL_SCORERS, "model.eval_scorer", m.eval_scorer,
+       f"one of {EVAL_SCORERS}")
+  need(m.get("balance_over") in BALANCE_OVER, "model.balance_over", m.get("balance_over"),
+       f"one of {BALANCE_OVER}")
   return errors + _index_errors(m.index, t)

@@ -8,27 +8,32 @@ Per batch (B users, C = B + S candidates: in-batch positives then S uniform nega
        + w_distill * distillation                      optional, toward an EMA teacher
 
 Every retrieval term is the configured sampled loss (`tasks.sampled_loss`) of that level's logits
-over the same candidates and labels. Level l scores the candidates' soft node embeddings c̄_l.
-mse_l is the auxiliary MSE of level l's interaction head toward the item-level interaction
-tower's output on the same pairs (stop_gradient target). The balance regularizer pools the soft
-assignments of the S uniform negatives (a uniform sample of the corpus, so it balances items per
-node, the quantity index health reports) over the last W batches (BalanceWindow in aux); with
-S = 0 it uses all C rows. By default (`balance_over='nodes'`) the regularizer balances the
-code prefixes, the index's nodes, through the product of the levels' soft assignments: with
-per-level codeword balance a shared level-1 codebook can be balanced overall while some
-parents' children hold most items (measured on Gowalla, 64 x 16: 510 of 1024 leaves used, the
-largest 12x the mean). `on` is 1 once the index exists; w_index(t) warms up linearly from
-the step the index was built; alpha(t) = alpha_schedule(t - built, num_steps - built).
+over the same candidates and labels. mse_l is the auxiliary MSE of level l's interaction head
+toward the item-level interaction tower's output on the same pairs (stop_gradient target).
+`on` is 1 once the index exists; w_index(t) warms up linearly from the step the index was built;
+alpha(t) = alpha_schedule(t - built, num_steps - built).
+
+Balance [ours]: the regularizer pools the soft assignments of the S uniform negatives (a uniform
+sample of the corpus, so it balances items per node, what index health reports; all C rows when
+S = 0) over the last W batches (BalanceWindow in aux). By default (`balance_over='nodes'`) it
+balances the code prefixes, the index's nodes, through the product of the levels' soft
+assignments: with per-level codeword balance a shared level-1 codebook can be balanced overall
+while some parents' children hold most items (Gowalla, 64 x 16, 1500 steps: 510 of 1024 leaves
+used, the largest 12x the mean; with 'nodes' 820 used, 8.5x).
 
 Index modes (`model.index.mode`), all driven by `between_chunks` on the host:
-  'joim' everything joint: at `start_step` (default 0, i.e. at init) the codebooks are set by
-         residual k-means on the current item embeddings (codebook_init='kmeans'), then the
-         user-item losses reach them through the soft assignment.
+  'joim' everything joint: at `start_step` the codebooks are set by residual k-means on the
+         current item embeddings (codebook_init='kmeans'; 'normal' keeps the random init), then
+         the user-item losses reach them and the item embeddings through the soft assignment:
+         index level l scores the candidates' soft node embeddings c̄_l. start_step = 0 builds
+         the index at init from untrained embeddings; on planted clusters that collapsed to 3 of
+         8 nodes, so the shipped configs let the item level warm up first [ours].
   'sil'  the item-level model trains alone until `start_step` (> 0); then residual k-means on
-         its item embeddings gives the codebooks, frozen from then on (stop_gradient on the
-         quantizer's input and codebooks); only the index-level MoNNs learn on top.
-  'em'   as 'sil', and every `em_every` steps the codebooks are re-clustered on the current
-         item embeddings (the E step) while the model trains on the fixed index in between.
+         its item embeddings fixes every item's codes (aux.codes) and the codebooks; index
+         level l scores the hard node embedding of the candidate's fixed code prefix; nothing
+         reaches the codebooks (stop_gradient) and the index losses do not reach the item tower.
+  'em'   as 'sil', and every `em_every` steps the codes and codebooks are recomputed by residual
+         k-means on the current item embeddings (the E step).
 Chunk boundaries (log/checkpoint/eval steps) are where the hook runs, so a build happens at the
 first boundary at or after the configured step; the step it happened at is stored in aux.
 
@@ -77,8 +82,9 @@ BALANCE_OVER = ("nodes", "codewords")
 INDEX_SCHEDULE_FIELDS = ("start_step", "em_every")  # model.index fields that are not IndexConfig's
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-  """The `config.model` section of an 'hsnn' run (2 index levels + the item level)."""
+def default_model_config(**fields) -> ml_collections.ConfigDict:
+  """The `config.model` section of an 'hsnn' run (2 index levels + the item level), with
+  `fields` set over the defaults."""
   m = ml_collections.ConfigDict()
   m.kind = "hsnn"
   m.item_model = "monn_small"  # preset of the item-level MoNN
@@ -101,8 +107,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.eval_scorer = "ensemble"
   m.balance_over = "nodes"  # 'nodes': code prefixes (items per node); 'codewords': per level
   m.index = ml_collections.ConfigDict(dataclasses.asdict(IndexConfig()))
-  m.index.start_step = 0  # when the index is first built (must be > 0 for 'sil' and 'em')
+  m.index.start_step = 0  # step the index is built at (> 0 for 'sil' and 'em'; see above)
   m.index.em_every = 1000  # 'em': steps between re-clusterings
+  m.update(fields)
   return m
 
 
@@ -220,11 +227,7 @@ def hsnn_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
 
   @jax.jit
   def embed_chunk(params, item_keys, ids):
-    model = make_model(item_keys)
-    v = model.apply({"params": params}, ids, method=hsnn.HSNN.item_embeddings)
-    codes = model.apply({"params": params}, v, ic.max_alpha,
-                        method=lambda module, x, alpha: module.quantizer(x, alpha).codes)
-    return v, codes
+    return make_model(item_keys).apply({"params": params}, ids, method=hsnn.HSNN.embed_and_code)
 
   def embed_and_code(params, aux) -> Tuple[np.ndarray, np.ndarray]:
     """All items: embeddings [V, d] float32 and hard codes [V, L] int32 (NumPy)."""

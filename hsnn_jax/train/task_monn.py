@@ -24,8 +24,8 @@ from hsnn_jax.train.tasks import RetrievalTask, sampled_loss
 HISTORY_MODES = ("full", "causal")
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-  """The `config.model` section of a 'monn' run."""
+def default_model_config(**fields) -> ml_collections.ConfigDict:
+  """The `config.model` section of a 'monn' run, with `fields` set over the defaults."""
   m = ml_collections.ConfigDict()
   m.kind = "monn"
   m.preset = "monn_small"  # one of monn.PRESET_NAMES (HSNN Table 5 sizes)
@@ -34,6 +34,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.history_len = 50
   m.item_attrs = True  # dataset item attributes as I2IF keys, when the dataset has them
   m.max_item_keys = 0  # > 0: keep each item's first max_item_keys attributes
+  m.update(fields)
   return m
 
 
