@@ -15,8 +15,9 @@ from hsnn_jax.retrieval import cost
 from hsnn_jax.retrieval import peers
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k
 from hsnn_jax.retrieval.two_stage import TwoStage
-from tests.test_beam_search import (NUM_ITEMS, NUM_USERS, dot_scorer, tie_free_vectors,
-                                    user_batch)
+from tests.helpers import dot_scorer
+from tests.test_beam_search import _vectors as tie_free_vectors
+from tests.test_beam_search import NUM_ITEMS, NUM_USERS, user_batch
 
 
 def test_exactness_counts_the_reference_items_returned():
