@@ -62,6 +62,7 @@ import ml_collections
 import numpy as np
 
 from hsnn_jax.data.types import RecDataset
+from hsnn_jax.eval.hierarchical import Hierarchy
 from hsnn_jax.index import balance as balance_lib
 from hsnn_jax.index.config import IndexConfig
 from hsnn_jax.index.health import index_health, nmi, purity
@@ -71,7 +72,8 @@ from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.index.residual_quantizer import get_codebooks, set_codebooks
 from hsnn_jax.index.schedule import alpha_schedule, index_loss_weight
 from hsnn_jax.models import hsnn
-from hsnn_jax.retrieval.beam_search import encode_ids
+from hsnn_jax.retrieval.beam_search import (encode_ids, item_level_scorer,
+                                             representative_level_scorer)
 from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
 from hsnn_jax.train.task_monn import monn_config
@@ -344,18 +346,35 @@ def hsnn_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
     metrics["loss"] = total
     return total, (metrics, aux.replace(windows=windows, teacher=teacher))
 
-  def scorer(params, aux):
+  def serving(params, aux):
+    """(model, published index, level Scorers, item Scorer) of the current parameters."""
     model = make_model(aux.item_keys)
-    item = hsnn.item_scorer(model, params, m.history_len)
-    if m.eval_scorer == "item":
-      return item
-    index = publish(params, aux)
     levels = tuple(hsnn.level_scorer(model, params, l, m.history_len)
                    for l in range(config.num_levels))
+    return model, publish(params, aux), levels, hsnn.item_scorer(model, params, m.history_len)
+
+  def ensemble_weights(params):
+    return None if m.eval_scorer == "item" else np.asarray(params["ensemble"])
+
+  def scorer(params, aux):
+    if m.eval_scorer == "item":
+      return hsnn.item_scorer(make_model(aux.item_keys), params, m.history_len)
+    _, index, levels, item = serving(params, aux)
     node_reprs = tuple(encode_ids(s, np.asarray(index.representative[l]), chunk)
                        for l, s in enumerate(levels))
     return hsnn.ensemble_scorer(item, levels, node_reprs, np.asarray(index.item_path),
-                                np.asarray(params["ensemble"]))
+                                ensemble_weights(params))
+
+  def hierarchy(params, aux) -> Hierarchy:
+    """Beam search over the learned index: nodes scored by their level's MoNN on their
+    representative items, ranked by the learned ensemble (the function `scorer` evaluates)."""
+    _, index, levels, item = serving(params, aux)
+    stages = tuple(representative_level_scorer(s, index, l, chunk) for l, s in enumerate(levels))
+    weights = ensemble_weights(params)
+    return Hierarchy(index=index, level_stages=stages,
+                     item_stage=item_level_scorer(item, ds.num_items, chunk),
+                     level_weights=None if weights is None else [float(w) for w in weights],
+                     reference=scorer(params, aux))
 
   def report(params, aux) -> dict:
     codes = np.asarray(aux.codes)
@@ -378,4 +397,4 @@ def hsnn_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
 
   return RetrievalTask(init=init, loss=loss, scorer=scorer, history=m.history,
                        history_len=m.history_len, between_chunks=between_chunks, report=report,
-                       export=export)
+                       export=export, hierarchy=hierarchy)

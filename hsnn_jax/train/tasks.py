@@ -8,7 +8,7 @@ two-tower baseline, MoNN and HSNN. `build_task(config, dataset)` dispatches on
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,8 @@ class RetrievalTask:
     (e.g. EM re-clustering); the identity by default.
   report(params, aux) -> dict merged into results.json (e.g. index health).
   export(params, aux, workdir) -> None: writes serving artifacts (e.g. the published index).
+  hierarchy(params, aux) -> eval.hierarchical.Hierarchy, or None: the model's own index and
+    stage scorers for beam search (HSNN); other models get a separately learned one.
   history: the sampler's history mode ('causal' | 'full' | 'none').
   """
 
@@ -56,6 +58,7 @@ class RetrievalTask:
   between_chunks: Callable[[int, Any, Any], Tuple[Any, Any]] = _no_hook
   report: Callable[[Any, Any], dict] = lambda params, aux: {}
   export: Callable[[Any, Any, str], None] = _no_export
+  hierarchy: Optional[Callable[[Any, Any], Any]] = None
 
 
 def item_keys_array(ds: RecDataset, max_keys: int = 0) -> np.ndarray | None:
