@@ -58,4 +58,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.exclude_train = True
   c.eval.user_chunk = 1024
   c.eval.item_chunk = 16384
+  c.eval.ne_negatives = 10  # held-out NE: uniform negatives per positive (hsnn_jax/eval/ne.py); 0 = skip
   return c

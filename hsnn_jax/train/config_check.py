@@ -55,6 +55,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
        "eval.selection_metric", e.selection_metric, "e.g. 'recall@20'")
   for f in ("user_chunk", "item_chunk"):
     need(e[f] > 0, f"eval.{f}", e[f], "a positive int")
+  need(e.get("ne_negatives", 10) >= 0, "eval.ne_negatives", e.get("ne_negatives"),
+       ">= 0 (0: no NE)")
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
 

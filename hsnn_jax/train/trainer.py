@@ -43,6 +43,7 @@ from hsnn_jax.data import cache
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.eval import evaluate as evaluation
 from hsnn_jax.eval import reference
+from hsnn_jax.eval.ne import heldout_ne
 from hsnn_jax.parallel import distributed
 from hsnn_jax.parallel import mesh as mesh_lib
 from hsnn_jax.parallel import sharding
@@ -382,6 +383,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   best_ckpt.close()
   params, aux = sharding.local_view((params, aux))
   result = run_evaluation(task, params, aux, ds, cfg, cfg.eval.split)
+  if cfg.eval.get("ne_negatives", 10) > 0:
+    result.metrics["ne"] = heldout_ne(
+        task.scorer(params, aux), ds,
+        user_batch_for_eval(ds, task.history_len, include_valid=(cfg.eval.split == "test")),
+        cfg.eval.split, negatives_per_positive=cfg.eval.get("ne_negatives", 10), seed=cfg.seed,
+        user_chunk=cfg.eval.user_chunk)
   writer.write(step, {f"{cfg.eval.split}/{k}": v for k, v in result.metrics.items()})
   writer.close()
   results = {"metrics": result.metrics, "config": json.loads(cfg.to_json_best_effort()),
