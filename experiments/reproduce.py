@@ -1,0 +1,67 @@
+"""Regenerate one of the papers' tables on public data: trains every row over several seeds,
+measures, and writes DIR/NAME.md and DIR/NAME.json (mean ± std, commands, versions, hardware).
+
+  python -m experiments.reproduce --table=hill_public --out=results
+  python -m experiments.reproduce --table=hsnn_table2 --out=results --seeds=0,1,2
+  python -m experiments.reproduce --table=ttt --out=/tmp/tables --scale=tiny      # what CI runs
+
+Tables (experiments/tables.py says which rows, datasets and columns each has):
+  hsnn_table1     two-tower, MoNN Small / Medium / Large, HSNN 2- and 3-layer: NE, Recall@K,
+                  NDCG@K, model FLOPs per query, retrieval latency relative to two-tower;
+  hsnn_table2     the index learnt separately (SIL), by alternation (EM) or jointly (JOIM);
+  hsnn_table3     JOIM without the alpha schedule, without warm-up, without the balance term;
+  hill_public     Gowalla Recall@20 / NDCG@20 through hierarchical retrieval, with exactness@20;
+  tiger_protocol  Beauty and Sports, Recall / NDCG @5 and @10, beside TIGER and SASRec;
+  ttt             test-time training over phi_DEP x phi_IR.
+--scale=tiny runs the same table on the planted synthetic corpus with short schedules (minutes
+on a CPU): it checks the pipeline, its numbers are not the papers'.
+
+Each run lives in --runs_dir/<table>/<scale>/<dataset>/<row>/seed<S>; a finished run (its
+results.json, same config) is reused and an interrupted one resumes from its checkpoints, so
+re-running the command after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from experiments import tables
+
+_TABLE = flags.DEFINE_enum("table", None, list(tables.TABLES), "Which table to regenerate.")
+_OUT = flags.DEFINE_string("out", "results", "Directory for NAME.md and NAME.json.")
+_SCALE = flags.DEFINE_enum("scale", "full", ["full", "tiny"],
+                           "'full': the public datasets; 'tiny': planted synthetic data, minutes.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; mean ± std is over them.")
+_RUNS = flags.DEFINE_string("runs_dir", "runs/reproduce", "Where each run's workdir goes.")
+_CACHE = flags.DEFINE_string("cache_dir", "./cache", "Prepared-array cache.")
+flags.mark_flag_as_required("table")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  seeds = [int(s) for s in _SEEDS.value]
+  if not seeds:
+    raise SystemExit("error: --seeds is empty")
+  command = " ".join(["python -m experiments.reproduce"] + sys.argv[1:])
+  try:
+    report = tables.run_table(_TABLE.value, _SCALE.value, seeds, _RUNS.value, _CACHE.value,
+                              command)
+  except (ValueError, FileNotFoundError) as err:
+    raise SystemExit(f"error: {err}") from None
+  os.makedirs(_OUT.value, exist_ok=True)
+  stem = os.path.join(_OUT.value, _TABLE.value)
+  with open(stem + ".json", "w") as fh:
+    json.dump(report, fh, indent=1)
+  with open(stem + ".md", "w") as fh:
+    fh.write(tables.markdown(report))
+  print(tables.markdown(report))
+  print(f"written: {stem}.md, {stem}.json")
+
+
+if __name__ == "__main__":
+  app.run(main)

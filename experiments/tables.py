@@ -1,0 +1,394 @@
+"""The tables `experiments.reproduce` regenerates: rows, datasets, columns, and how each is run.
+
+A table is rows (model variants) x datasets x seeds. Every cell is one training run through the
+ordinary train loop (`trainer.train_and_evaluate`, so its results.json is the same as
+`experiments.train` writes), then the table's extra measurements on the trained model:
+  'hierarchical'  beam search through the run's index (an HSNN's own, else a SIL index on the
+                  item vectors) against exhaustive scoring: recall / ndcg / exactness / cost;
+  'latency'       retrieval p50 latency of the way the row serves (exhaustive for flat models,
+                  beam search for HSNN), relative to the two-tower row of the same dataset and
+                  seed, measured in this process one after the other on the same queries;
+  'ttt'           test-time training over a phi_DEP x phi_IR grid (hsnn_jax/train/ttt.py).
+Mean ± std (population std over seeds) of every number goes to the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments.configs import (beauty_hsnn, beauty_monn_small, beauty_two_tower, gowalla_hsnn,
+                                 gowalla_monn_small, gowalla_two_tower, tiny, tiny_hsnn, tiny_monn)
+from hsnn_jax.eval import hierarchical
+from hsnn_jax.eval import reference
+from hsnn_jax.train import trainer
+from hsnn_jax.train.sampler import user_batch_for_eval
+
+ConfigFn = Callable[[str], ml_collections.ConfigDict]  # dataset name -> config
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  label: str
+  full: ConfigFn
+  tiny: ConfigFn
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  title: str
+  rows: Tuple[Row, ...]
+  datasets: Tuple[str, ...]
+  columns: Tuple[str, ...]
+  extras: Tuple[str, ...] = ()
+  note: str = ""
+
+
+# ---------------------------------------------------------------- full-scale configs
+
+def _on(dataset: str, gowalla: Callable, sequential: Callable) -> ml_collections.ConfigDict:
+  """The Gowalla (CF) or the Beauty-protocol (sequential) config, pointed at `dataset`."""
+  c = gowalla.get_config() if dataset == "gowalla" else sequential.get_config()
+  c.dataset = dataset
+  return c
+
+
+def two_tower_full(dataset):
+  return _on(dataset, gowalla_two_tower, beauty_two_tower)
+
+
+def monn_full(preset):
+  def make(dataset):
+    c = _on(dataset, gowalla_monn_small, beauty_monn_small)
+    c.model.preset = preset
+    return c
+  return make
+
+
+def hsnn_full(level_models=None, nodes=None, **index):
+  """An HSNN config on the dataset; level_models / nodes change the depth; index fields set."""
+  def make(dataset):
+    c = _on(dataset, gowalla_hsnn, beauty_hsnn)
+    if level_models:
+      c.model.level_models = level_models
+      c.model.index.nodes_per_level = nodes[dataset]
+    c.model.index.update(index)
+    return c
+  return make
+
+
+# ---------------------------------------------------------------- tiny (CI) configs
+
+TINY_STEPS = 60
+
+
+def _tiny_schedule(c):
+  c.train.num_steps, c.train.log_every, c.train.checkpoint_every = TINY_STEPS, 20, 20
+  c.train.eval_every, c.train.patience = 0, 0
+  return c
+
+
+def two_tower_tiny(dataset):
+  del dataset
+  return _tiny_schedule(tiny.get_config())
+
+
+def monn_tiny(preset):
+  def make(dataset):
+    del dataset
+    c = _tiny_schedule(tiny_monn.get_config())
+    c.model.preset = preset
+    return c
+  return make
+
+
+def hsnn_tiny(level_models=None, nodes=None, **index):
+  del nodes
+  index.pop("start_step", None)  # the tiny schedule builds the index half-way
+
+  def make(dataset):
+    del dataset
+    c = _tiny_schedule(tiny_hsnn.get_config())
+    c.model.index.start_step = TINY_STEPS // 2
+    c.model.index.index_loss_warmup_steps = 10
+    if level_models:
+      c.model.level_models = level_models
+      c.model.index.nodes_per_level = (8, 8)[:len(level_models)] if len(level_models) < 3 else (
+          4, 4, 4)
+    c.model.index.update(index)
+    return c
+  return make
+
+
+def row(label, make_full, make_tiny, *args, **kwargs) -> Row:
+  return Row(label, make_full(*args, **kwargs), make_tiny(*args, **kwargs))
+
+
+TWO_TOWER = Row("two-tower", two_tower_full, two_tower_tiny)
+MONN = {p: row(f"MoNN {p.split('_')[1].title()}", monn_full, monn_tiny, p)
+        for p in ("monn_small", "monn_medium", "monn_large")}
+HSNN_MODES = {mode: row(f"HSNN 2-level, {mode.upper()}", hsnn_full, hsnn_tiny, mode=mode,
+                        start_step=2000)
+              for mode in ("sil", "em", "joim")}
+# HSNN Table 1 names layers by their MoNN sizes, coarsest first, the item level last (Small).
+HSNN_2LAYER = row("HSNN 2-layer (Large/Small)", hsnn_full, hsnn_tiny, ("monn_large",),
+                  {"gowalla": (256,), "beauty": (128,), "sports": (128,)})
+HSNN_3LAYER = row("HSNN 3-layer (Large/Medium/Small)", hsnn_full, hsnn_tiny,
+                  ("monn_large", "monn_medium"),
+                  {"gowalla": (64, 16), "beauty": (32, 16), "sports": (32, 16)})
+JOIM = HSNN_MODES["joim"]
+
+TABLES: Dict[str, Table] = {
+    "hsnn_table1": Table(
+        "HSNN Table 1 on public data: quality and cost per model",
+        (TWO_TOWER, *MONN.values(), HSNN_2LAYER, HSNN_3LAYER), ("gowalla", "beauty", "sports"),
+        ("ne", "recall@20", "ndcg@20", "recall@10", "ndcg@10", "flops_per_query",
+         "latency_vs_two_tower"), ("latency",),
+        "NE: held-out, Platt-calibrated, 10 uniform negatives per positive (hsnn_jax/eval/ne.py). "
+        "FLOPs and latency are per query for the way the row serves: exhaustive scoring of the "
+        "corpus for flat models, beam search through the learned index for HSNN."),
+    "hsnn_table2": Table(
+        "HSNN Table 2 on public data: how the index is learnt",
+        (TWO_TOWER, MONN["monn_small"], *HSNN_MODES.values()), ("gowalla", "beauty"),
+        ("ne", "recall@20", "ndcg@20", "recall@10", "ndcg@10", "max_node_ratio"),
+        note="Exhaustive scoring of each model (the HSNN rows: of the ensemble). max_node_ratio: "
+             "largest leaf node's items over the mean, at the end of training."),
+    "hsnn_table3": Table(
+        "HSNN Table 3 on public data: JOIM ablations",
+        (JOIM,
+         row("JOIM without alpha schedule", hsnn_full, hsnn_tiny, mode="joim", start_step=2000,
+             alpha_exponent=0.0),
+         row("JOIM without index-loss warm-up", hsnn_full, hsnn_tiny, mode="joim",
+             start_step=2000, index_loss_warmup_steps=0),
+         row("JOIM without balance regularizer", hsnn_full, hsnn_tiny, mode="joim",
+             start_step=2000, balance_weight=0.0)),
+        ("gowalla", "beauty"),
+        ("ne", "recall@20", "ndcg@20", "recall@10", "ndcg@10", "max_node_ratio"),
+        note="Without the schedule, alpha stays at max_alpha from the step the index is built "
+             "(alpha_exponent = 0)."),
+    "hill_public": Table(
+        "HILL's public table: Gowalla through hierarchical retrieval",
+        (TWO_TOWER, JOIM), ("gowalla",),
+        ("recall@20", "ndcg@20", "exhaustive_recall@20", "exactness@20", "items_scored_frac"),
+        ("hierarchical",),
+        "recall@20 / ndcg@20: what beam search returns; exhaustive_recall@20: the same model "
+        "scored exhaustively. Two-tower: a SIL index (residual k-means on its item vectors)."),
+    "tiger_protocol": Table(
+        "TIGER protocol: leave-one-out, full corpus",
+        (TWO_TOWER, JOIM), ("beauty", "sports"),
+        ("recall@5", "ndcg@5", "recall@10", "ndcg@10")),
+    "ttt": Table(
+        "Test-time training over phi_DEP x phi_IR",
+        (TWO_TOWER,), ("gowalla",), ("recall@20", "ndcg@20"), ("ttt",),
+        "Each cell fine-tunes the trained model on (user, ancestor node) examples of the user's "
+        "training items (hsnn_jax/train/ttt.py) and re-evaluates on the full corpus."),
+}
+
+HIERARCHY_NODES = {"full": (64, 16), "tiny": (8, 8)}
+HIERARCHY_BEAMS = {"full": (16, 64), "tiny": (4, 8)}
+TTT_DEPTHS, TTT_RATES = (1, 2, 3), (0.2, 0.4, 0.6, 0.8, 1.0)
+RETRIEVAL_K = 20
+
+
+# ---------------------------------------------------------------- running
+
+def _slug(text: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
+
+
+def train_once(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """results.json of a finished run with this config, else trains (resuming if interrupted)."""
+  path = os.path.join(workdir, "results.json")
+  wanted = json.loads(cfg.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as fh:
+      done = json.load(fh)
+    if done.get("config") == wanted:
+      return done
+  return trainer.train_and_evaluate(cfg, workdir)
+
+
+def _serving_latency_ms(run: trainer.Trained, scale: str, seed: int) -> Tuple[float, float]:
+  """(p50 ms per batch of 256 queries, model FLOPs per query) of how the run serves."""
+  make = user_batch_for_eval(run.ds, run.task.history_len, include_valid=True)
+  users = np.flatnonzero(run.ds.test.lengths() > 0).astype(np.int32)
+  if run.task.hierarchy is None:
+    scorer = run.scorer()
+    latency = hierarchical.retrieval_latency(scorer, make, users, run.ds.num_items, RETRIEVAL_K)
+    return latency.p50_ms, float(scorer.flops_per_query + run.ds.num_items * scorer.flops_per_pair)
+  hier = run.task.hierarchy(run.params, run.aux)
+  out = hierarchical.evaluate_hierarchical(hier, run.ds, make, beam_widths=_beams(hier, scale),
+                                           ks=(RETRIEVAL_K,), timing_batches=4)
+  return out["beam_p50_ms"], out["flops_per_query"]
+
+
+def _beams(hier: hierarchical.Hierarchy, scale: str) -> Tuple[int, ...]:
+  """The table's beam widths, one per index level (the last setting repeated if deeper)."""
+  beams = HIERARCHY_BEAMS[scale]
+  levels = hier.index.num_levels
+  return tuple(min(beams[min(l, len(beams) - 1)], hier.index.num_nodes[l]) for l in range(levels))
+
+
+def _extra_metrics(extra: str, run: trainer.Trained, cfg, scale: str, seed: int,
+                   workdir: str) -> dict:
+  make = user_batch_for_eval(run.ds, run.task.history_len, include_valid=True)
+  if extra == "hierarchical":
+    hier = hierarchical.run_hierarchy(run.task, run.params, run.aux, run.ds.num_items,
+                                      HIERARCHY_NODES[scale], seed)
+    out = hierarchical.evaluate_hierarchical(hier, run.ds, make, beam_widths=_beams(hier, scale),
+                                             ks=tuple(cfg.eval.ks))
+    out["beam_widths"] = ",".join(map(str, _beams(hier, scale)))
+    return out
+  if extra == "latency":
+    p50, flops = _serving_latency_ms(run, scale, seed)
+    return {"latency_p50_ms": p50, "flops_per_query": flops}
+  if extra == "ttt":
+    from hsnn_jax.train import ttt  # pylint: disable=import-outside-toplevel
+    index = ttt.index_for_run(run, HIERARCHY_NODES[scale], seed, workdir)
+    out = {}
+    for depth in TTT_DEPTHS:
+      for rate in TTT_RATES:
+        t = ttt.default_ttt_config()
+        t.depth, t.rate, t.seed = depth, rate, seed
+        if scale == "tiny":
+          t.steps = 20
+        result = ttt.evaluate_ttt(run, index, t, cfg)
+        for name in ("recall@20", "ndcg@20"):
+          out[f"ttt d={depth} r={rate} {name}"] = result["after"][name]
+        out["ttt before recall@20"], out["ttt before ndcg@20"] = (
+            result["before"]["recall@20"], result["before"]["ndcg@20"])
+    return out
+  raise ValueError(f"unknown extra measurement {extra!r}")
+
+
+def _flatten(results: dict) -> dict:
+  """The numbers a table can show from one results.json."""
+  out = dict(results["metrics"])
+  health = results.get("index_health")
+  if health:
+    last = health[f"level_{len(health) - 1}"]
+    out["max_node_ratio"] = last["max_node_ratio"]
+    out["empty_nodes"] = last["empty_nodes"]
+  return out
+
+
+def run_table(name: str, scale: str, seeds: Sequence[int], runs_dir: str, cache_dir: str,
+              command: str) -> dict:
+  """Trains and measures every cell of table `name`; returns the report (see `markdown`)."""
+  table = TABLES[name]
+  datasets = table.datasets if scale == "full" else ("synthetic_tiny",)
+  cells: List[dict] = []
+  hardware = None
+  for dataset in datasets:
+    for r in table.rows:
+      per_seed = []
+      for seed in seeds:
+        cfg = (r.full if scale == "full" else r.tiny)(dataset)
+        cfg.seed, cfg.cache_dir, cfg.progress_bar = seed, cache_dir, False
+        workdir = os.path.join(runs_dir, name, scale, dataset, _slug(r.label), f"seed{seed}")
+        results = train_once(cfg, workdir)
+        hardware = results["hardware"]
+        values = _flatten(results)
+        if table.extras:
+          run = trainer.load_trained(cfg, workdir)
+          for extra in table.extras:
+            values.update(_extra_metrics(extra, run, cfg, scale, seed, workdir))
+        if "recall@20" in values and "hierarchical" in table.extras:
+          values["exhaustive_recall@20"] = results["metrics"]["recall@20"]
+        per_seed.append(values)
+      cells.append({"dataset": dataset, "row": r.label, "seeds": list(seeds),
+                    "values": per_seed})
+  _relative_latency(cells)
+  columns = list(table.columns)
+  if "ttt" in table.extras:
+    columns = ["ttt before recall@20", "ttt before ndcg@20"] + [
+        f"ttt d={d} r={r} {m}" for d in TTT_DEPTHS for r in TTT_RATES for m in ("recall@20",)]
+  for cell in cells:
+    cell["summary"] = {c: _mean_std([v.get(c) for v in cell["values"]]) for c in columns}
+  return {"table": name, "title": table.title, "scale": scale, "columns": columns,
+          "cells": cells, "note": table.note, "command": command,
+          "run_commands": _run_commands(name, scale, runs_dir),
+          "versions": _versions(), "hardware": hardware,
+          "published": {d: [dataclasses.asdict(p) for p in reference.published_for(d)]
+                        for d in datasets}}
+
+
+def _relative_latency(cells: List[dict]) -> None:
+  """latency_vs_two_tower: each seed's serving p50 over the two-tower's on that dataset/seed."""
+  base = {c["dataset"]: c for c in cells if c["row"] == TWO_TOWER.label}
+  for cell in cells:
+    ref = base.get(cell["dataset"])
+    for i, v in enumerate(cell["values"]):
+      if ref and "latency_p50_ms" in v:
+        v["latency_vs_two_tower"] = v["latency_p50_ms"] / ref["values"][i]["latency_p50_ms"]
+
+
+def _mean_std(values) -> dict | None:
+  vals = [float(v) for v in values if isinstance(v, (int, float))]
+  if not vals:
+    return None
+  return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
+
+
+def _run_commands(name: str, scale: str, runs_dir: str) -> List[str]:
+  return [f"python -m experiments.reproduce --table={name} --scale={scale} --runs_dir={runs_dir}",
+          "each cell's own config: <runs_dir>/<table>/<scale>/<dataset>/<row>/seed<S>/config.json"]
+
+
+def _versions() -> dict:
+  import flax, optax  # pylint: disable=import-outside-toplevel,multiple-imports
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False, cwd=os.path.dirname(__file__)).stdout.strip()
+  except OSError:
+    commit = ""
+  return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+          "python": platform.python_version(), "hsnn_jax_commit": commit or "unknown"}
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt(summary: dict | None, column: str) -> str:
+  if summary is None:
+    return "-"
+  if column in ("flops_per_query",):
+    return f"{summary['mean'] / 1e6:.2f}M ± {summary['std'] / 1e6:.2f}M"
+  return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
+
+
+def markdown(report: dict) -> str:
+  lines = [f"# {report['title']} (`{report['table']}`, scale: {report['scale']})", ""]
+  if report["scale"] == "tiny":
+    lines += ["Tiny scale: the planted synthetic corpus with short schedules. These numbers check "
+              "the pipeline; they are not a reproduction.", ""]
+  cols = report["columns"]
+  lines += ["| dataset | model | " + " | ".join(cols) + " |",
+            "|---|---|" + "---|" * len(cols)]
+  for cell in report["cells"]:
+    lines.append(f"| {cell['dataset']} | {cell['row']} | "
+                 + " | ".join(_fmt(cell["summary"][c], c) for c in cols) + " |")
+  seeds = report["cells"][0]["seeds"] if report["cells"] else []
+  lines += ["", f"Mean ± std over seeds {seeds}."]
+  if report["note"]:
+    lines += ["", report["note"]]
+  published = [(d, p) for d, rows in report["published"].items() for p in rows]
+  if published:
+    lines += ["", "Published numbers on the same protocols (quoted, not ours; BENCHMARKS.md):", "",
+              "| dataset | method | metrics | source |", "|---|---|---|---|"]
+    for d, p in published:
+      metrics = ", ".join(f"{k} {v:.4f}" for k, v in p["metrics"].items() if v is not None)
+      lines.append(f"| {d} | {p['method']} | {metrics} | {p['source']} |")
+  v = report["versions"]
+  lines += ["", f"Command: `{report['command']}`", "",
+            f"Hardware: {report['hardware']}", "",
+            f"Versions: jax {v['jax']}, flax {v['flax']}, optax {v['optax']}, python "
+            f"{v['python']}, hsnn_jax {v['hsnn_jax_commit']}", ""]
+  return "\n".join(lines)
