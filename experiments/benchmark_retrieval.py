@@ -13,8 +13,11 @@ Two scorers over one corpus, each against its own exhaustive top-K on the same q
          (config.monn.init_from_planted), trained config.monn.steps steps of sampled softmax on
          the training interactions. Methods: exhaustive (on the first config.monn_queries
          queries only: it is the slow reference), beam search (every index level scored by the
-         same MoNN on the node's representative item) and the two-stage baseline (planted
-         dot-product top-k', then MoNN rescoring). Index: residual k-means on an embedding of
+         same MoNN, once per config.index.monn_node_scoring entry 'rule:R': a node scores as the
+         max over R member items, chosen as the ones nearest the node embedding ('nearest', R = 1
+         is HSNN's representative item) or of highest mean MoNN score over
+         config.index.calibration_users training users that are not queries ('mean_score')),
+         and the two-stage baseline (planted dot-product top-k', then MoNN rescoring). Index: residual k-means on an embedding of
          the MoNN's own item side (config.index.monn_embedding, see `monn_index_embedding`).
 Indexes are published with `publish_index`; `build_s` includes k-means, publishing and encoding
 the representatives.
@@ -27,13 +30,18 @@ Output: a JSON list, one row per (method, setting, corpus, scorer), with
   exactness@K                  share of the same scorer's exhaustive top-K returned
   recall@K                     against the held-out test item
   items_scored_frac            items scored by the item-level model per query / corpus size
+  node_evals_frac              model evaluations spent on index nodes per query / corpus size
+                               (nodes scored x members per node; beam search only, else 0)
   qps, p50_ms, p99_ms          per batch of query_batch queries
   peak_mem_mb                  peak RSS (or device memory) above the start of the timed calls
   build_s                      what the method needs beyond the shared item reprs: index
                                k-means + publish + node reprs, a peer's index, the two-stage
                                prefilter corpus; 0 for exhaustive
   latency_ratio_vs_exhaustive  this p50 / the same scorer's exhaustive p50 (0.05 = 20x faster)
-and a PNG of exactness against items_scored_frac next to it. A plain table goes to stdout.
+and a PNG of exactness against items_scored_frac next to it. A plain table goes to stdout, then
+the matched-exactness comparison (`matched_exactness`): for each scorer, method and target in
+config.matched_exactness, the fastest setting of that run whose exactness@K reaches the target,
+also written to FILE.matched.json.
 """
 
 from __future__ import annotations
@@ -54,13 +62,13 @@ import optax
 from hsnn_jax.data import synthetic
 from hsnn_jax.data.types import concat_rows
 from hsnn_jax.index.kmeans import residual_kmeans
-from hsnn_jax.index.publish import publish_index
+from hsnn_jax.index.publish import publish_index, top_members
 from hsnn_jax.models import monn as monn_lib
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval import beam_search as bs
 from hsnn_jax.retrieval import cost
 from hsnn_jax.retrieval import peers
-from hsnn_jax.retrieval.exhaustive import encode_corpus, exhaustive_top_k
+from hsnn_jax.retrieval.exhaustive import encode_corpus, exhaustive_top_k, mean_item_scores
 from hsnn_jax.retrieval.two_stage import TwoStage
 from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import DeviceInteractions, right_aligned, sample_batch
@@ -95,6 +103,32 @@ class Queries:
                         features=jnp.zeros((self.batch, 0), jnp.int32))
       out.append((users, jnp.asarray(self.exclude[rows])))
     return out
+
+
+def calibration_batches(corpus: synthetic.SyntheticCorpus, queries: Queries, num: int,
+                        history_len: int, seed: int) -> List[UserBatch]:
+  """UserBatches of `num` training users that are not queries (index build time only)."""
+  others = np.setdiff1d(np.arange(corpus.config.num_users), queries.users)
+  users = np.sort(np.random.default_rng(seed + 1).choice(others, num, replace=False)).astype(np.int32)
+  ds = corpus.dataset
+  history = right_aligned(concat_rows([ds.train, ds.valid], users), history_len)
+  rows = [slice(i, i + queries.batch) for i in range(0, num - num % queries.batch, queries.batch)]
+  return [UserBatch(user=jnp.asarray(users[r]), history=jnp.asarray(history[r]),
+                    features=jnp.zeros((r.stop - r.start, 0), jnp.int32)) for r in rows]
+
+
+def node_scoring_specs(entries) -> List[tuple]:
+  """Config entries 'rule:R' -> [(rule, R)], rule 'nearest' or 'mean_score'."""
+  out = []
+  for entry in entries:
+    rule, _, count = entry.partition(":")
+    if rule not in ("nearest", "mean_score") or not count.isdigit() or int(count) < 1:
+      raise ValueError(f"index.monn_node_scoring entry {entry!r}: expected 'nearest:1' or "
+                       f"'mean_score:R' with R >= 1")
+    if rule == "nearest" and int(count) != 1:
+      raise ValueError(f"{entry!r}: 'nearest' has one member per node (the representative)")
+    out.append((rule, int(count)))
+  return out
 
 
 def planted_scorer(corpus: synthetic.SyntheticCorpus) -> Scorer:
@@ -217,9 +251,11 @@ class Bench:
     self.exhaustive_p50: Dict[str, float] = {}
 
   def run(self, method: str, setting: str, scorer_name: str, search: Callable, batches,
-          num_items: int, build_s: float, flops: Callable = None, scans_all: bool = True):
+          num_items: int, build_s: float, flops: Callable = None, scans_all: bool = True,
+          members_per_node: Sequence[int] = ()):
     """search(users, exclude) -> RetrievalResult or (scores, ids); timed on every batch.
 
+    members_per_node: per index level, model evaluations per node scored (beam search).
     flops: optional result -> model FLOPs per query, for the printed table.
     scans_all: for (scores, ids) results, whether every item is scored (else the fraction is
       unknown and written as null: HNSW, IVF and ScaNN do not report what they scored).
@@ -238,8 +274,11 @@ class Bench:
     if hierarchical:
       scored = float(np.mean(np.concatenate([np.asarray(r.items_scored) for r in results])))
       scored_frac = scored / num_items
+      stage = np.concatenate([np.asarray(r.stage_scored) for r in results])
+      weights = np.asarray(members_per_node or (1,) * stage.shape[1], np.float64)
+      node_frac = float(np.mean(stage @ weights)) / num_items
     else:
-      scored_frac = 1.0 if scans_all else None
+      scored_frac, node_frac = (1.0 if scans_all else None), 0.0
     mflops = np.mean([flops(r) for r in results]) / 1e6 if flops else float("nan")
     k = self.cfg.k
     if method == "exhaustive":
@@ -249,7 +288,7 @@ class Bench:
     row = {"method": method, "setting": setting, "corpus": self.corpus_name, "scorer": scorer_name,
            f"exactness@{k}": cost.exactness_at_k(ids, reference),
            f"recall@{k}": cost.recall_at_k(ids, self.queries.truth[:len(ids)], k),
-           "items_scored_frac": scored_frac, "qps": latency.qps,
+           "items_scored_frac": scored_frac, "node_evals_frac": node_frac, "qps": latency.qps,
            "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms, "peak_mem_mb": memory.mb,
            "build_s": build_s,
            "latency_ratio_vs_exhaustive": latency.p50_ms / self.exhaustive_p50[scorer_name]}
@@ -259,7 +298,7 @@ class Bench:
 
 
 HEADER = (f"{'scorer':12s} {'method':12s} {'setting':28s} {'exact':>6s} {'recall':>6s} "
-          f"{'scored%':>8s} {'MFLOP/q':>8s} {'qps':>8s} {'p50ms':>9s} {'p99ms':>9s} "
+          f"{'scored%':>8s} {'nodes%':>7s} {'MFLOP/q':>8s} {'qps':>8s} {'p50ms':>9s} {'p99ms':>9s} "
           f"{'mem MB':>7s} {'build s':>7s} {'p50/exh':>8s}")
 
 
@@ -270,7 +309,7 @@ def _percent(fraction) -> str:
 def _format(row, k, mflops):
   return (f"{row['scorer']:12s} {row['method']:12s} {row['setting']:28s} "
           f"{row[f'exactness@{k}']:6.4f} {row[f'recall@{k}']:6.4f} "
-          f"{_percent(row['items_scored_frac']):>8s} {mflops:8.2f} {row['qps']:8.1f} "
+          f"{_percent(row['items_scored_frac']):>8s} {_percent(row['node_evals_frac']):>7s} {mflops:8.2f} {row['qps']:8.1f} "
           f"{row['p50_ms']:9.1f} {row['p99_ms']:9.1f} {row['peak_mem_mb']:7.0f} "
           f"{row['build_s']:7.1f} {row['latency_ratio_vs_exhaustive']:8.4f}")
 
@@ -285,15 +324,16 @@ def beam_settings(sweep) -> List[tuple]:
 
 
 def run_beam_sweep(bench: Bench, scorer_name: str, index, level_scorers, item_stage, batches,
-                   sweep, build_s: float):
+                   sweep, build_s: float, label: str = "", members_per_node: Sequence[int] = ()):
   stages = [s.scorer for s in level_scorers]
   flops = lambda r: cost.model_flops_per_query(r, stages, item_stage.scorer)
   for beams, budget in beam_settings(sweep):
     search = bs.BeamSearch(index, level_scorers, item_stage, beams, bench.cfg.k,
                            max_candidates=(0,) * (len(beams) - 1) + (budget,))
-    setting = f"beams={','.join(map(str, beams))}" + (f" items<={budget}" if budget else "")
+    setting = (f"{label}beams={','.join(map(str, beams))}"
+               + (f" items<={budget}" if budget else ""))
     bench.run("beam_search", setting, scorer_name, search, batches, index.num_items, build_s,
-              flops)
+              flops, members_per_node=members_per_node)
 
 
 def dot_suite(bench: Bench, corpus, cfg):
@@ -354,12 +394,32 @@ def monn_suite(bench: Bench, corpus, cfg):
   embedding_s = time.perf_counter() - start
   index, kmeans_s = build_index(embedding, cfg.index.monn_nodes_per_level,
                                 cfg.index.kmeans_iters, cfg.seed)
-  start = time.perf_counter()
-  levels = [bs.representative_level_scorer(scorer, index, l) for l in range(index.num_levels)]
-  build_s = embedding_s + kmeans_s + time.perf_counter() - start
   print(f"monn index on {cfg.index.monn_embedding}: nodes per level {index.num_nodes}, max items "
-        f"per leaf {index.node_items.shape[1]}, built in {build_s:.1f}s", flush=True)
-  run_beam_sweep(bench, "monn", index, levels, item_stage, batches, cfg.monn_sweep, build_s)
+        f"per leaf {index.node_items.shape[1]}, built in {embedding_s + kmeans_s:.1f}s", flush=True)
+  specs = node_scoring_specs(cfg.index.monn_node_scoring)
+  mean_scores, mean_s = None, 0.0
+  if any(rule == "mean_score" for rule, _ in specs):
+    start = time.perf_counter()
+    calibration = calibration_batches(corpus, bench.queries, cfg.index.calibration_users,
+                                      cfg.history_len, cfg.seed)
+    scan_reprs = encode_corpus(scorer, num_items, cfg.item_chunk)
+    mean_scores = mean_item_scores(scorer, calibration, scan_reprs, num_items)
+    del scan_reprs
+    mean_s = time.perf_counter() - start
+    print(f"monn mean scores over {cfg.index.calibration_users} calibration users (not queries) "
+          f"in {mean_s:.1f}s", flush=True)
+  for rule, count in specs:
+    start = time.perf_counter()
+    if rule == "nearest":
+      levels = [bs.representative_level_scorer(scorer, index, l) for l in range(index.num_levels)]
+    else:
+      levels = [bs.members_level_scorer(scorer, top_members(
+          np.asarray(index.item_path)[:, l], mean_scores, index.num_nodes[l], count))
+                for l in range(index.num_levels)]
+    build_s = embedding_s + kmeans_s + (mean_s if rule == "mean_score" else 0.0) + (
+        time.perf_counter() - start)
+    run_beam_sweep(bench, "monn", index, levels, item_stage, batches, cfg.monn_sweep, build_s,
+                   label=f"{rule}:{count} ", members_per_node=(count,) * index.num_levels)
   cheap = planted_scorer(corpus)
   flops = lambda r: cost.model_flops_per_query(r, [cheap], scorer)
   for k_prime in cfg.two_stage_k_primes:
@@ -367,6 +427,44 @@ def monn_suite(bench: Bench, corpus, cfg):
     search = TwoStage(cheap, item_stage, num_items, k_prime, cfg.k, cfg.item_chunk)
     bench.run("two_stage", f"planted_dot top-{k_prime}", "monn", search, batches, num_items,
               time.perf_counter() - start, flops)
+
+
+def matched_exactness(rows: List[Dict], k: int, targets: Sequence[float]) -> List[Dict]:
+  """Per (scorer, method) and target: the lowest-p50 row with exactness@k >= target.
+
+  Methods compared at the same exactness is the fair speed comparison (one fast setting of a
+  peer that misses half the top-K says nothing). A method that never reaches a target gets a
+  row with setting None and its best exactness, so the gap is visible.
+  """
+  exactness, out = f"exactness@{k}", []
+  for scorer, method in sorted({(r["scorer"], r["method"]) for r in rows}):
+    group = [r for r in rows if (r["scorer"], r["method"]) == (scorer, method)]
+    for target in targets:
+      reached = [r for r in group if r[exactness] >= target]
+      best = min(reached, key=lambda r: r["p50_ms"]) if reached else None
+      out.append({"scorer": scorer, "method": method, "target": target,
+                  "setting": best["setting"] if best else None,
+                  exactness: best[exactness] if best else max(r[exactness] for r in group),
+                  "items_scored_frac": best["items_scored_frac"] if best else None,
+                  "p50_ms": best["p50_ms"] if best else None,
+                  "latency_ratio_vs_exhaustive":
+                      best["latency_ratio_vs_exhaustive"] if best else None})
+  return out
+
+
+def format_matched(matched: List[Dict], k: int) -> str:
+  lines = [f"At matched exactness@{k} (fastest setting reaching each target, this run):",
+           f"{'scorer':12s} {'method':14s} {'target':>6s} {'setting':28s} {'exact':>6s} "
+           f"{'scored%':>8s} {'p50ms':>9s} {'p50/exh':>8s}"]
+  for m in matched:
+    if m["setting"] is None:
+      lines.append(f"{m['scorer']:12s} {m['method']:14s} {m['target']:6.2f} "
+                   f"{'not reached (best ' + format(m[f'exactness@{k}'], '.4f') + ')':28s}")
+      continue
+    lines.append(f"{m['scorer']:12s} {m['method']:14s} {m['target']:6.2f} {m['setting']:28s} "
+                 f"{m[f'exactness@{k}']:6.4f} {_percent(m['items_scored_frac']):>8s} "
+                 f"{m['p50_ms']:9.1f} {m['latency_ratio_vs_exhaustive']:8.4f}")
+  return "\n".join(lines)
 
 
 def plot(rows: List[Dict], k: int, path: str) -> None:
@@ -394,9 +492,23 @@ def plot(rows: List[Dict], k: int, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
+def check_config(cfg) -> None:
+  """Refuses malformed sweep entries before any corpus is built."""
+  beam_settings(cfg.dot_sweep)
+  beam_settings(cfg.monn_sweep)
+  node_scoring_specs(cfg.index.monn_node_scoring)
+  if cfg.index.calibration_users < cfg.query_batch:
+    raise ValueError(f"index.calibration_users={cfg.index.calibration_users} must be at least "
+                     f"query_batch={cfg.query_batch}")
+  unknown = set(cfg.suites) - {"dot", "monn"}
+  if unknown:
+    raise ValueError(f"suites: unknown {sorted(unknown)}; expected 'dot' and/or 'monn'")
+
+
 def main(argv):
   del argv
   cfg = _CONFIG.value
+  check_config(cfg)
   print(f"devices: {jax.devices()}  backend: {jax.default_backend()}  jax {jax.__version__}  "
         f"cpus: {os.cpu_count()}", flush=True)
   syn_cfg = synthetic.PRESETS[cfg.corpus]
@@ -416,9 +528,13 @@ def main(argv):
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:
     json.dump(bench.rows, f, indent=1)
-  png = os.path.splitext(_OUT.value)[0] + ".png"
-  plot(bench.rows, cfg.k, png)
-  print(f"wrote {_OUT.value} and {png}")
+  matched = matched_exactness(bench.rows, cfg.k, cfg.matched_exactness)
+  print(format_matched(matched, cfg.k))
+  stem = os.path.splitext(_OUT.value)[0]
+  with open(stem + ".matched.json", "w") as f:
+    json.dump(matched, f, indent=1)
+  plot(bench.rows, cfg.k, stem + ".png")
+  print(f"wrote {_OUT.value}, {stem}.matched.json and {stem}.png")
 
 
 if __name__ == "__main__":

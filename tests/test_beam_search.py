@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hsnn_jax.index.publish import publish_index
+from hsnn_jax.index.publish import publish_index, top_members
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval import beam_search as bs
 from hsnn_jax.retrieval.cost import exactness_at_k
@@ -195,3 +195,35 @@ def test_bad_arguments_raise():
 
 def _vectors(seed):
   return helpers.tie_free_vectors(seed, NUM_USERS, NUM_ITEMS, DIM)
+
+
+def test_members_level_scorer_takes_the_max_over_each_nodes_members():
+  users, items = _vectors(8)
+  scorer = dot_scorer(users, items)
+  index = tiny_index(items)
+  node_items = np.asarray(index.node_items)
+  members = np.where(node_items >= 0, node_items, node_items[:, :1])  # every item of each leaf
+  stage = bs.members_level_scorer(scorer, members)
+  ub = user_batch(np.arange(NUM_USERS))
+  got = np.asarray(stage.scorer.score(scorer.encode_users(ub), stage.reprs))
+  full = users @ items.T
+  want = np.stack([full[:, row[row >= 0]].max(axis=1) for row in node_items], axis=1)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert stage.scorer.flops_per_pair == members.shape[1] * scorer.flops_per_pair
+
+
+def test_beam_search_with_exact_leaf_maxima_finds_the_top_items_in_the_fewest_leaves():
+  """With node score = max over all its items, the top-1 item's leaf always ranks first among
+  its siblings, so beams of one leaf per parent still find every user's best item."""
+  users, items = _vectors(9)
+  scorer = dot_scorer(users, items)
+  index = tiny_index(items)
+  levels = []
+  for l in range(index.num_levels):
+    col = np.asarray(index.item_path)[:, l]
+    members = top_members(col, np.zeros(NUM_ITEMS), index.num_nodes[l], NUM_ITEMS)
+    levels.append(bs.members_level_scorer(scorer, members))
+  search = bs.BeamSearch(index, levels, bs.item_level_scorer(scorer, NUM_ITEMS), (1, 1, 1), 1)
+  ub = user_batch(np.arange(NUM_USERS))
+  _, want = exhaustive_top_k(scorer, ub, 1, num_items=NUM_ITEMS)
+  np.testing.assert_array_equal(np.asarray(search(ub).ids), np.asarray(want))

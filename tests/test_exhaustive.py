@@ -156,3 +156,12 @@ def test_save_topk_keeps_padding(tmp_path):
 
 def _vectors(seed):
   return helpers.tie_free_vectors(seed, NUM_USERS, NUM_ITEMS, DIM)
+
+
+def test_mean_item_scores_match_the_dense_mean():
+  users, items = helpers.tie_free_vectors(11, NUM_USERS, NUM_ITEMS, DIM)
+  scorer = dot_scorer(users, items)
+  corpus = exhaustive.encode_corpus(scorer, NUM_ITEMS, 64)  # 300 items: the last chunk is padded
+  batches = [make_user_batch(np.arange(0, 8)), make_user_batch(np.arange(8, 16))]
+  got = exhaustive.mean_item_scores(scorer, batches, corpus, NUM_ITEMS)
+  np.testing.assert_allclose(got, (users[:16] @ items.T).mean(axis=0), rtol=1e-5, atol=1e-4)

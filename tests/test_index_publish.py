@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hsnn_jax.index.health import index_health, nmi, purity
-from hsnn_jax.index.publish import publish_index
+from hsnn_jax.index.publish import publish_index, top_members
 from hsnn_jax.index.published import PublishedIndex
 
 NODES = (3, 4, 5)
@@ -131,3 +131,20 @@ def test_nmi_and_purity():
   assert purity(truth, np.array([1, 1, 0, 0, 0, 2])) == pytest.approx(5 / 6)
   rng = np.random.default_rng(0)
   assert nmi(rng.integers(0, 4, 20000), rng.integers(0, 4, 20000)) < 0.01
+
+
+def test_top_members_against_a_python_reference():
+  rng = np.random.default_rng(7)
+  group = rng.integers(0, 9, 200)
+  group[:9] = np.arange(9)  # every group non-empty
+  priority = rng.integers(0, 5, 200).astype(np.float32)  # many ties
+  got = top_members(group, priority, 9, 4)
+  for g in range(9):
+    members = sorted(np.flatnonzero(group == g), key=lambda i: (-priority[i], i))
+    want = (members + [members[0]] * 4)[:4]
+    np.testing.assert_array_equal(got[g], want)
+
+
+def test_top_members_refuses_empty_groups():
+  with pytest.raises(ValueError, match="at least one member"):
+    top_members(np.array([0, 0, 2]), np.zeros(3), 3, 2)

@@ -132,3 +132,23 @@ def test_faiss_flat_peer_matches_exhaustive():
                              num_items=NUM_ITEMS, exclude=jnp.asarray(exclude))
   _, got = peers.Peer("faiss_flat", items).search(users, 10, exclude)
   np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["faiss_ivf", "faiss_ivf_rcq"])
+def test_ivf_peers_are_exact_when_every_list_is_probed(name):
+  pytest.importorskip("faiss")
+  users, items = tie_free_vectors(4)
+  exclude = np.random.default_rng(5).integers(0, NUM_ITEMS, (NUM_USERS, 5)).astype(np.int32)
+  _, want = exhaustive_top_k(dot_scorer(users, items), user_batch(np.arange(NUM_USERS)), 10,
+                             num_items=NUM_ITEMS, exclude=jnp.asarray(exclude))
+  peer = peers.Peer(name, items, nlist=16)
+  _, got = peer.search(users, 10, exclude, setting=16)
+  np.testing.assert_array_equal(got, want)
+  _, narrow = peer.search(users, 10, exclude, setting=1)
+  assert (narrow != want).any()  # one list of 16 cannot hold every user's top 10
+
+
+def test_rcq_peer_refuses_nlist_that_is_not_a_power_of_four():
+  pytest.importorskip("faiss")
+  with pytest.raises(ValueError, match="power of 4"):
+    peers.Peer("faiss_ivf_rcq", np.zeros((64, 4), np.float32), nlist=32)

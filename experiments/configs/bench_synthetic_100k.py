@@ -28,6 +28,11 @@ def get_config():
   c.index.monn_embedding = "keys_tower"  # 'keys_tower' | 'item_tower' | 'planted'
   c.index.key_weight = 4.0  # keys_tower: weight of the category part
   c.dot_node_scoring = "representative"  # 'representative' | 'embedding'
+  # MoNN beam search node scoring, one sweep per entry 'rule:R' (a node scores as the max over R
+  # member items): 'nearest:1' is HSNN's representative item (nearest the node embedding);
+  # 'mean_score:R' takes the R members of highest mean MoNN score over calibration users.
+  c.index.monn_node_scoring = ("nearest:1", "mean_score:2", "mean_score:4")
+  c.index.calibration_users = 64  # training users, never queries
 
   c.monn = ml_collections.ConfigDict()
   c.monn.preset = "monn_small"
@@ -38,8 +43,9 @@ def get_config():
   c.monn.init_from_planted = True  # warm-start the user and item id embeddings
 
   # Beam settings 'b_0,...,b_{L-1}[:max items scored per query]'.
-  c.dot_sweep = ("4,32:500", "8,64:1000", "16,128:2000", "16,256:4000")
-  c.monn_sweep = ("16,128,256:1000", "32,256,512:2000", "32,256,512:4000", "64,512,1024:8000")
+  c.dot_sweep = ("4,32:500", "8,64:1000", "16,128:2000", "16,256:4000", "32,512:8000")
+  c.monn_sweep = ("16,128,256:1000", "32,256,512:2000", "64,512,1024:1000", "64,512,1024:2000",
+                  "64,512,1024:8000")
   c.two_stage_k_primes = (200, 1000, 2000, 4000)
 
   c.peers = ml_collections.ConfigDict()
@@ -47,7 +53,9 @@ def get_config():
   c.peers.hnsw_m = 16
   c.peers.scann_leaves = 256
   # Search-time knob per peer (IVF nprobe, HNSW efSearch, ScaNN leaves searched); 0 = default.
+  # Sweeps wide enough that each peer reaches every matched-exactness target when it can.
   c.peer_settings = ml_collections.ConfigDict({
-      "faiss_flat": (0,), "faiss_ivf": (4, 16, 64), "faiss_hnsw": (128, 512),
-      "scann": (8, 32)})
+      "faiss_flat": (0,), "faiss_ivf": (4, 16, 32, 64, 128), "faiss_ivf_rcq": (4, 16, 32, 64, 128),
+      "faiss_hnsw": (64, 128, 256, 512, 1024), "scann": (8, 32, 64, 128)})
+  c.matched_exactness = (0.9, 0.95, 0.99)  # targets of the matched-exactness comparison
   return c

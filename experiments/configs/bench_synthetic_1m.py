@@ -11,12 +11,13 @@ from experiments.configs import bench_synthetic_100k
 def get_config():
   c = bench_synthetic_100k.get_config()
   c.corpus = "synthetic_1m"
-  c.dot_sweep = ("4,32:5000", "8,64:10000", "16,128:20000", "16,256:40000")
-  c.monn_sweep = ("16,128,256:10000", "32,256,512:20000", "32,512,1024:20000",
-                  "64,512,1024:40000")
+  c.dot_sweep = ("4,32:5000", "8,64:10000", "16,128:20000", "16,256:40000", "32,512:80000")
+  c.monn_sweep = ("16,128,256:10000", "32,256,512:20000", "64,512,1024:10000",
+                  "64,512,1024:20000", "64,512,1024:40000")
   c.two_stage_k_primes = (2000, 10000, 20000, 40000)
   c.peers.nlist = 1024
   c.peers.scann_leaves = 1000
-  c.peer_settings.faiss_ivf = (4, 16, 64)
-  c.peer_settings.scann = (20, 100)
+  c.peer_settings.faiss_ivf = (16, 64, 128, 256, 512)
+  c.peer_settings.faiss_ivf_rcq = (16, 64, 128, 256, 512)
+  c.peer_settings.scann = (20, 100, 200, 400)
   return c

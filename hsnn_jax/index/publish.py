@@ -81,6 +81,32 @@ def nearest_member(group: np.ndarray, item_embeddings: np.ndarray,
   return order[first].astype(np.int32)
 
 
+def top_members(group: np.ndarray, priority: np.ndarray, num_groups: int, count: int
+                ) -> np.ndarray:
+  """[num_groups, count] int32: per group g, its `count` members (group[i] == g) of highest
+  priority[i], best first; ties go to the smaller item id. A group with fewer members repeats
+  its best one, so a max over a row is unchanged by the padding. Every group must be non-empty.
+
+  With priority = the model's mean score over sample users, these are the node's items most
+  likely to score high for anyone: better stand-ins for the node's best item than the item
+  nearest its centroid (`retrieval.beam_search.members_level_scorer`).
+  """
+  group = np.asarray(group, np.int64)
+  if count < 1:
+    raise ValueError(f"count must be >= 1, got {count}")
+  sizes = np.bincount(group, minlength=num_groups)
+  if sizes.shape[0] != num_groups or (sizes == 0).any():
+    raise ValueError("every group must have at least one member")
+  order = np.lexsort((np.arange(group.shape[0]), -np.asarray(priority, np.float64), group))
+  sorted_group = group[order]
+  starts = np.cumsum(sizes) - sizes
+  rank = np.arange(group.shape[0]) - starts[sorted_group]
+  out = np.repeat(order[starts][:, None], count, axis=1)
+  keep = rank < count
+  out[sorted_group[keep], rank[keep]] = order[keep]
+  return out.astype(np.int32)
+
+
 def publish_index(codes: np.ndarray, codebooks: Sequence[np.ndarray],
                   item_embeddings: np.ndarray) -> PublishedIndex:
   """Builds the serving arrays of an L-level index over V items (NumPy, on the host).

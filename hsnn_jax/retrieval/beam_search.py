@@ -10,8 +10,8 @@ For a batch of B users, inside one jit with static shapes:
 
 Scoring: every stage has a `LevelScorer`, a `Scorer` plus the cached reprs of what it scores.
 Index levels score a node through its representative item's repr (HSNN: the node's features are
-the representative item's) or, for dot-product models, through the node embedding; the item
-level scores the corpus items. Candidate sets differ per user, so non-root stages vmap over
+the representative item's), as the max over several member items (`members_level_scorer`), or,
+for dot-product models, through the node embedding; the item level scores the corpus items. Candidate sets differ per user, so non-root stages vmap over
 users: score(user_repr[i:i+1], take_reprs(cache, cand_ids[i])). Each distinct `encode_users` runs
 once per batch, however many stages share it.
 
@@ -105,6 +105,30 @@ def representative_level_scorer(scorer: Scorer, index: PublishedIndex, level: in
                                 chunk: int = 65536) -> LevelScorer:
   """Scores a level's nodes as their representative items (HSNN serving)."""
   return LevelScorer(scorer, encode_ids(scorer, np.asarray(index.representative[level]), chunk))
+
+
+def members_level_scorer(scorer: Scorer, members: np.ndarray, chunk: int = 65536) -> LevelScorer:
+  """Scores node n as the max of the scorer over its R member items members[n] ([n, R] ids).
+
+  Whether a top-K item survives the beam depends on its node ranking high, so a node's score
+  should track its best item's; the max over R well-chosen members (`index.publish.top_members`
+  by the model's mean score) tracks it far better than one item near the centroid, for R times
+  the node-scoring work (`flops_per_pair` says so). R = 1 is a single representative.
+  """
+  members = np.asarray(members, np.int32)
+  num_nodes, r = members.shape
+  reprs = jax.tree.map(lambda x: x.reshape((num_nodes, r) + x.shape[1:]),
+                       encode_ids(scorer, members.reshape(-1), chunk))
+
+  def score(user, node_reprs):
+    """user [B], node_reprs leaves [N, R, ...] -> [B, N]: max over each node's R members."""
+    n = jax.tree.leaves(node_reprs)[0].shape[0]
+    flat = jax.tree.map(lambda x: x.reshape((n * r,) + x.shape[2:]), node_reprs)
+    scores = scorer.score(user, flat)
+    return jnp.max(scores.reshape(scores.shape[0], n, r), axis=-1)
+
+  return LevelScorer(dataclasses.replace(scorer, score=score, flops_per_pair=r * scorer.flops_per_pair,
+                                         name=f"{scorer.name}_max_of_{r}"), reprs)
 
 
 def node_embedding_level_scorer(scorer: Scorer, index: PublishedIndex, level: int) -> LevelScorer:

@@ -188,3 +188,24 @@ def exhaustive_top_k_for_users(scorer: Scorer, make_user_batch: Callable[[np.nda
     out_scores[start:start + take] = np.asarray(scores)[:take]
     out_ids[start:start + take] = np.asarray(ids)[:take]
   return out_scores, out_ids
+
+
+@functools.partial(jax.jit, static_argnames="score")
+def _chunk_score_sums(score: Callable, user_repr: PyTree, corpus: EncodedCorpus) -> jax.Array:
+  def step(_, xs):
+    item_repr, valid = xs
+    return None, jnp.where(valid, jnp.sum(score(user_repr, item_repr).astype(jnp.float32), 0), 0.0)
+
+  return jax.lax.scan(step, None, (corpus.reprs, corpus.valid))[1].reshape(-1)
+
+
+def mean_item_scores(scorer: Scorer, user_batches, corpus: EncodedCorpus, num_items: int
+                     ) -> np.ndarray:
+  """[num_items] float32: each item's mean score over the users of `user_batches` (an iterable
+  of UserBatch, all of one shape so one compilation serves them). Memory O(B * item_chunk)."""
+  total, count = np.zeros(num_items, np.float64), 0
+  encode = jax.jit(scorer.encode_users)
+  for users in user_batches:
+    total += np.asarray(_chunk_score_sums(scorer.score, encode(users), corpus))[:num_items]
+    count += int(users.user.shape[0])
+  return (total / max(count, 1)).astype(np.float32)

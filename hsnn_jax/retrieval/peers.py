@@ -11,6 +11,9 @@ Peers:
   faiss_flat:  IndexFlatIP, exact;
   faiss_ivf:   IndexIVFFlat (inner product) over `nlist` k-means lists;
   faiss_hnsw:  IndexHNSWFlat (inner product), M neighbours per node;
+  faiss_ivf_rcq: IndexIVFFlat whose coarse quantizer is a 2-level residual quantizer
+               ("IVF<nlist>(RCQ2x<nlist bits / 2>),Flat"), the closest FAISS analogue of a
+               residual-quantization tree; nlist must be a power of 4;
   scann:       a partitioning tree + asymmetric hashing + exact reordering, ScaNN's default recipe.
 """
 
@@ -22,7 +25,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-PEERS = ("faiss_flat", "faiss_ivf", "faiss_hnsw", "scann")
+PEERS = ("faiss_flat", "faiss_ivf", "faiss_ivf_rcq", "faiss_hnsw", "scann")
 
 
 def _importable(module: str) -> bool:
@@ -81,6 +84,13 @@ class Peer:
                                          faiss.METRIC_INNER_PRODUCT)
         self._index.cp.seed = seed
         self._index.train(items)
+      elif name == "faiss_ivf_rcq":
+        bits = int(round(np.log2(nlist)))
+        if 2 ** bits != nlist or bits % 2:
+          raise ValueError(f"faiss_ivf_rcq needs nlist a power of 4 (two equal residual levels), got {nlist}")
+        self._index = faiss.index_factory(dim, f"IVF{nlist}(RCQ2x{bits // 2}),Flat",
+                                          faiss.METRIC_INNER_PRODUCT)
+        self._index.train(items)
       else:
         self._index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
       self._index.add(items)
@@ -95,7 +105,7 @@ class Peer:
                                                final_num_neighbors=wanted)
       ids = np.asarray(ids, np.int64)
     else:
-      if self.name == "faiss_ivf" and setting:
+      if self.name in ("faiss_ivf", "faiss_ivf_rcq") and setting:
         self._index.nprobe = int(setting)
       if self.name == "faiss_hnsw" and setting:
         self._index.hnsw.efSearch = int(setting)
