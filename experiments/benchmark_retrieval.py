@@ -17,10 +17,11 @@ Two scorers over one corpus, each against its own exhaustive top-K on the same q
          max over R member items, chosen as the ones nearest the node embedding ('nearest', R = 1
          is HSNN's representative item) or of highest mean MoNN score over
          config.index.calibration_users training users that are not queries ('mean_score')),
-         and the two-stage baseline (planted dot-product top-k', then MoNN rescoring). Index: residual k-means on an embedding of
-         the MoNN's own item side (config.index.monn_embedding, see `monn_index_embedding`).
-Indexes are published with `publish_index`; `build_s` includes k-means, publishing and encoding
-the representatives.
+         and the two-stage baseline (planted dot-product top-k', then MoNN rescoring). Index:
+         residual k-means on an embedding of the MoNN's own item side
+         (config.index.monn_embedding, see `monn_index_embedding`).
+Indexes are residual k-means, published (`kmeans_index`); `build_s` includes k-means, publishing
+and encoding the representatives.
 
 Queries: a fixed random sample of users with a test item; each user's train and valid items are
 excluded; recall@K is against the held-out test item. Every method runs the same query batches
@@ -61,8 +62,8 @@ import optax
 
 from hsnn_jax.data import synthetic
 from hsnn_jax.data.types import concat_rows
-from hsnn_jax.index.kmeans import residual_kmeans
-from hsnn_jax.index.publish import publish_index, top_members
+from hsnn_jax.index.kmeans import kmeans_index
+from hsnn_jax.index.publish import top_members
 from hsnn_jax.models import monn as monn_lib
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval import beam_search as bs
@@ -210,12 +211,9 @@ def train_monn(corpus: synthetic.SyntheticCorpus, mc, history_len: int, seed: in
 
 
 def build_index(embeddings: np.ndarray, nodes_per_level: Sequence[int], iters: int, seed: int):
-  """Residual k-means + publish_index; returns (index, seconds)."""
+  """The SIL index (`kmeans_index`) and the seconds it took."""
   start = time.perf_counter()
-  result = residual_kmeans(jax.random.PRNGKey(seed), jnp.asarray(embeddings), nodes_per_level,
-                           num_iters=iters)
-  index = publish_index(np.asarray(result.codes), [np.asarray(c) for c in result.codebooks],
-                        embeddings)
+  index = kmeans_index(jax.random.PRNGKey(seed), embeddings, nodes_per_level, iters)
   return index, time.perf_counter() - start
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from hsnn_jax.index.health import nmi, purity
-from hsnn_jax.index.kmeans import _reseed_empty, _sample_proportional, kmeans, residual_kmeans
+from hsnn_jax.index.kmeans import (_reseed_empty, _sample_proportional, kmeans, kmeans_index,
+                                     residual_kmeans)
 
 
 def planted_clusters(num_points, num_clusters, dim, noise, seed=0):
@@ -84,3 +85,12 @@ def test_seeding_samples_in_proportion_to_weight():
 def test_rejects_more_clusters_than_points():
   with pytest.raises(ValueError, match="num_clusters"):
     kmeans(jax.random.key(0), jnp.zeros((3, 2)), 4)
+
+
+def test_kmeans_index_publishes_the_residual_kmeans_codes():
+  points = np.random.default_rng(4).normal(size=(300, 5)).astype(np.float32)
+  index = kmeans_index(jax.random.key(1), points, (4, 3), num_iters=5)
+  result = residual_kmeans(jax.random.key(1), jnp.asarray(points), (4, 3), num_iters=5)
+  np.testing.assert_array_equal(index.codes, np.asarray(result.codes))
+  assert index.num_items == 300 and index.num_levels == 2
+  np.testing.assert_array_equal(np.sort(index.node_items[index.node_items >= 0]), np.arange(300))

@@ -152,3 +152,21 @@ def test_rcq_peer_refuses_nlist_that_is_not_a_power_of_four():
   pytest.importorskip("faiss")
   with pytest.raises(ValueError, match="power of 4"):
     peers.Peer("faiss_ivf_rcq", np.zeros((64, 4), np.float32), nlist=32)
+
+
+def test_mips_to_l2_turns_inner_product_order_into_distance_order():
+  rng = np.random.default_rng(6)
+  items, query = rng.normal(size=(50, 3)) * rng.uniform(0.1, 3, (50, 1)), rng.normal(size=3)
+  lifted = peers.mips_to_l2(items.astype(np.float32))
+  dist = np.sum((np.append(query, 0.0) - lifted) ** 2, axis=1)
+  np.testing.assert_array_equal(np.argsort(dist), np.argsort(-(items @ query)))
+
+
+def test_hnsw_peer_finds_the_inner_product_top_k():
+  pytest.importorskip("faiss")
+  users, items = tie_free_vectors(7)
+  _, want = exhaustive_top_k(dot_scorer(users, items), user_batch(np.arange(NUM_USERS)), 10,
+                             num_items=NUM_ITEMS)
+  scores, got = peers.Peer("faiss_hnsw", items, hnsw_m=16).search(users, 10, None, setting=512)
+  assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(np.asarray(got), np.asarray(want))]) > 0.95
+  np.testing.assert_allclose(scores, np.take_along_axis(users @ items.T, got, axis=1), rtol=1e-5)

@@ -24,8 +24,7 @@ import numpy as np
 
 from hsnn_jax.data.types import RecDataset, concat_rows
 from hsnn_jax.eval import metrics as metrics_lib
-from hsnn_jax.index.kmeans import residual_kmeans
-from hsnn_jax.index.publish import publish_index
+from hsnn_jax.index.kmeans import kmeans_index
 from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.models.scorer import Scorer
 from hsnn_jax.retrieval import beam_search as bs
@@ -66,9 +65,7 @@ def sil_hierarchy(scorer: Scorer, num_items: int, nodes_per_level: Sequence[int]
   if not isinstance(vectors, jax.Array) or vectors.ndim != 2:
     raise ValueError(f"sil_hierarchy needs [V, d] item vectors; scorer {scorer.name!r} gives "
                      f"{jax.tree.map(jnp.shape, vectors)}")
-  rq = residual_kmeans(key, vectors, tuple(nodes_per_level), kmeans_iters)
-  index = publish_index(np.asarray(rq.codes), [np.asarray(c) for c in rq.codebooks],
-                        np.asarray(vectors))
+  index = kmeans_index(key, vectors, nodes_per_level, kmeans_iters)
   levels = tuple(bs.node_embedding_level_scorer(scorer, index, l) for l in range(len(nodes_per_level)))
   return Hierarchy(index=index, level_stages=levels, item_stage=item_stage, level_weights=None,
                    reference=scorer)

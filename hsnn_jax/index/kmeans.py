@@ -20,9 +20,12 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hsnn_jax.index.assignment import pairwise_distances
 from hsnn_jax.index.config import KMEANS_INITS
+from hsnn_jax.index.publish import publish_index
+from hsnn_jax.index.published import PublishedIndex
 
 
 @flax.struct.dataclass
@@ -173,3 +176,12 @@ def residual_kmeans(key: jax.Array, points: jax.Array, nodes_per_level: Sequence
     errors.append(result.inertia / points.shape[0])
   return ResidualKMeansResult(codebooks=tuple(codebooks), codes=jnp.stack(codes, axis=1),
                               errors=jnp.stack(errors))
+
+
+def kmeans_index(key: jax.Array, vectors, nodes_per_level: Sequence[int], num_iters: int = 25
+                 ) -> PublishedIndex:
+  """The separately learned index (SIL): residual k-means over item vectors [V, d], published.
+  Node embeddings are the codeword sums; representatives the items nearest them."""
+  vectors = np.asarray(vectors, np.float32)
+  result = residual_kmeans(key, jnp.asarray(vectors), tuple(nodes_per_level), num_iters=num_iters)
+  return publish_index(np.asarray(result.codes), [np.asarray(c) for c in result.codebooks], vectors)

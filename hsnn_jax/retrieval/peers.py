@@ -10,11 +10,15 @@ efSearch, ScaNN leaves searched); `build_s` is the index build time.
 Peers:
   faiss_flat:  IndexFlatIP, exact;
   faiss_ivf:   IndexIVFFlat (inner product) over `nlist` k-means lists;
-  faiss_hnsw:  IndexHNSWFlat (inner product), M neighbours per node;
+  faiss_hnsw:  IndexHNSWFlat, M neighbours per node, over the MIPS-to-L2 transform (items get
+               a coordinate sqrt(max|x|^2 - |x|^2), queries a 0, so the nearest item in L2 is the
+               best by inner product; HNSW's graph needs a metric, and searched with inner
+               product directly it misses most of the top-K); scores are the inner products;
   faiss_ivf_rcq: IndexIVFFlat whose coarse quantizer is a 2-level residual quantizer
                ("IVF<nlist>(RCQ2x<nlist bits / 2>),Flat"), the closest FAISS analogue of a
                residual-quantization tree; nlist must be a power of 4;
-  scann:       a partitioning tree + asymmetric hashing + exact reordering, ScaNN's default recipe.
+  scann:       a partitioning tree + asymmetric hashing + exact reordering, ScaNN's default recipe;
+               at least 4x the neighbours asked for are reordered exactly.
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ def drop_excluded(scores: np.ndarray, ids: np.ndarray, exclude: Optional[np.ndar
           np.where(kept, np.take_along_axis(ids, order, axis=1), -1).astype(np.int32))
 
 
+def mips_to_l2(items: np.ndarray) -> np.ndarray:
+  """[V, d] -> [V, d + 1]: appends sqrt(max |x|^2 - |x|^2), so that for a query q padded with a 0,
+  |q - x'|^2 = |q|^2 + max |x|^2 - 2 q.x: L2 order is inner-product order (Bachrach et al. 2014)."""
+  norms = np.sum(items.astype(np.float64) ** 2, axis=1)
+  extra = np.sqrt(np.maximum(norms.max() - norms, 0.0))
+  return np.ascontiguousarray(np.concatenate([items, extra[:, None]], axis=1), np.float32)
+
+
 class Peer:
   """A built ANN index over item vectors [V, d] (float32, inner product)."""
 
@@ -92,7 +104,9 @@ class Peer:
                                           faiss.METRIC_INNER_PRODUCT)
         self._index.train(items)
       else:
-        self._index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        self._items = items
+        items = mips_to_l2(items)
+        self._index = faiss.IndexHNSWFlat(dim + 1, hnsw_m)
       self._index.add(items)
     self.build_s = time.perf_counter() - start
 
@@ -102,12 +116,18 @@ class Peer:
     wanted = k + (0 if exclude is None else exclude.shape[1])
     if self.name == "scann":
       ids, scores = self._index.search_batched(users, leaves_to_search=setting,
-                                               final_num_neighbors=wanted)
+                                               final_num_neighbors=wanted,
+                                               pre_reorder_num_neighbors=max(200, 4 * wanted))
       ids = np.asarray(ids, np.int64)
     else:
       if self.name in ("faiss_ivf", "faiss_ivf_rcq") and setting:
         self._index.nprobe = int(setting)
       if self.name == "faiss_hnsw" and setting:
         self._index.hnsw.efSearch = int(setting)
-      scores, ids = self._index.search(users, wanted)
+      if self.name == "faiss_hnsw":
+        _, ids = self._index.search(np.pad(users, ((0, 0), (0, 1))), wanted)
+        scores = np.where(ids >= 0, np.einsum("bd,bkd->bk", users, self._items[np.maximum(ids, 0)]),
+                          -np.inf)
+      else:
+        scores, ids = self._index.search(users, wanted)
     return drop_excluded(np.asarray(scores), ids, exclude, k)

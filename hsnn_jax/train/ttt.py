@@ -53,8 +53,7 @@ import numpy as np
 import optax
 
 from hsnn_jax.data.types import CSR, RecDataset, concat_rows
-from hsnn_jax.index.kmeans import residual_kmeans
-from hsnn_jax.index.publish import publish_index
+from hsnn_jax.index.kmeans import kmeans_index
 from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.models import hsnn
 from hsnn_jax.models.scorer import Scorer, UserBatch
@@ -475,6 +474,5 @@ def index_for_run(trained: Trained, nodes_per_level: Sequence[int], seed: int = 
   if isinstance(trained.aux, task_hsnn.HSNNAux):
     raise ValueError(f"an 'hsnn' run's index is <workdir>/index.npz; not found (workdir "
                      f"{workdir!r})")
-  vectors = item_vectors(trained.scorer(), trained.ds.num_items)
-  rq = residual_kmeans(jax.random.PRNGKey(seed), vectors, tuple(nodes_per_level))
-  return publish_index(np.asarray(rq.codes), [np.asarray(c) for c in rq.codebooks], vectors)
+  return kmeans_index(jax.random.PRNGKey(seed), item_vectors(trained.scorer(), trained.ds.num_items),
+                      nodes_per_level)
