@@ -16,9 +16,9 @@ Tables (experiments/tables.py says which rows, datasets and columns each has):
 --scale=tiny runs the same table on the planted synthetic corpus with short schedules (minutes
 on a CPU): it checks the pipeline, its numbers are not the papers'.
 
-Each run lives in --runs_dir/<table>/<scale>/<dataset>/<row>/seed<S>; a finished run (its
-results.json, same config) is reused and an interrupted one resumes from its checkpoints, so
-re-running the command after a kill continues where it stopped.
+Each run lives in --runs_dir/<scale>/<dataset>/<row>-<config hash>/seed<S>; a finished run (its
+results.json, same config) is reused, by any table with that row, and an interrupted one resumes
+from its checkpoints, so re-running the command after a kill continues where it stopped.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ Mean ± std (population std over seeds) of every number goes to the report.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -73,6 +74,16 @@ def monn_full(preset):
   return make
 
 
+def _set_index(c: ml_collections.ConfigDict, index: dict) -> None:
+  """Sets the model.index fields; constant_alpha=True holds alpha at max_alpha (no schedule:
+  the floor min_alpha is raised to it, since alpha_exponent must be > 0)."""
+  index = dict(index)
+  constant = index.pop("constant_alpha", False)
+  c.model.index.update(index)
+  if constant:
+    c.model.index.min_alpha = c.model.index.max_alpha
+
+
 def hsnn_full(level_models=None, nodes=None, **index):
   """An HSNN config on the dataset; level_models / nodes change the depth; index fields set."""
   def make(dataset):
@@ -80,7 +91,7 @@ def hsnn_full(level_models=None, nodes=None, **index):
     if level_models:
       c.model.level_models = level_models
       c.model.index.nodes_per_level = nodes[dataset]
-    c.model.index.update(index)
+    _set_index(c, index)
     return c
   return make
 
@@ -88,11 +99,13 @@ def hsnn_full(level_models=None, nodes=None, **index):
 # ---------------------------------------------------------------- tiny (CI) configs
 
 TINY_STEPS = 60
+TINY_KS = (5, 10, 20)  # every cutoff any table shows, so the tables share the same tiny runs
 
 
 def _tiny_schedule(c):
   c.train.num_steps, c.train.log_every, c.train.checkpoint_every = TINY_STEPS, 20, 20
   c.train.eval_every, c.train.patience = 0, 0
+  c.eval.ks = TINY_KS
   return c
 
 
@@ -123,7 +136,9 @@ def hsnn_tiny(level_models=None, nodes=None, **index):
       c.model.level_models = level_models
       c.model.index.nodes_per_level = (8, 8)[:len(level_models)] if len(level_models) < 3 else (
           4, 4, 4)
-    c.model.index.update(index)
+    _set_index(c, index)
+    if c.model.index.mode == "em":
+      c.model.index.em_every = TINY_STEPS // 6  # re-cluster within the short schedule
     return c
   return make
 
@@ -165,7 +180,7 @@ TABLES: Dict[str, Table] = {
         "HSNN Table 3 on public data: JOIM ablations",
         (JOIM,
          row("JOIM without alpha schedule", hsnn_full, hsnn_tiny, mode="joim", start_step=2000,
-             alpha_exponent=0.0),
+             constant_alpha=True),
          row("JOIM without index-loss warm-up", hsnn_full, hsnn_tiny, mode="joim",
              start_step=2000, index_loss_warmup_steps=0),
          row("JOIM without balance regularizer", hsnn_full, hsnn_tiny, mode="joim",
@@ -173,7 +188,7 @@ TABLES: Dict[str, Table] = {
         ("gowalla", "beauty"),
         ("ne", "recall@20", "ndcg@20", "recall@10", "ndcg@10", "max_node_ratio"),
         note="Without the schedule, alpha stays at max_alpha from the step the index is built "
-             "(alpha_exponent = 0)."),
+             "(min_alpha = max_alpha)."),
     "hill_public": Table(
         "HILL's public table: Gowalla through hierarchical retrieval",
         (TWO_TOWER, JOIM), ("gowalla",),
@@ -195,6 +210,9 @@ TABLES: Dict[str, Table] = {
 HIERARCHY_NODES = {"full": (64, 16), "tiny": (8, 8)}
 HIERARCHY_BEAMS = {"full": (16, 64), "tiny": (4, 8)}
 TTT_DEPTHS, TTT_RATES = (1, 2, 3), (0.2, 0.4, 0.6, 0.8, 1.0)
+# The index TTT takes node labels from needs max(TTT_DEPTHS) levels (a shallower one would make
+# the deeper phi_DEP columns repeat the last level's).
+TTT_NODES = {"full": (64, 16, 4), "tiny": (8, 8, 2)}
 RETRIEVAL_K = 20
 
 
@@ -202,6 +220,37 @@ RETRIEVAL_K = 20
 
 def _slug(text: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
+
+
+def eval_ks(ks: Sequence[int], columns: Sequence[str]) -> Tuple[int, ...]:
+  """The run's cutoffs plus every K a column names ('recall@5' -> 5), so no column is empty."""
+  wanted = {int(c.rsplit("@", 1)[1]) for c in columns if "@" in c and c.rsplit("@", 1)[1].isdigit()}
+  return tuple(sorted(set(int(k) for k in ks) | wanted))
+
+
+def ttt_columns() -> List[str]:
+  """The ttt table's columns: before, then Recall@20 after each (phi_DEP, phi_IR) cell."""
+  return ["ttt before recall@20", "ttt before ndcg@20"] + [
+      f"ttt d={d} r={r} recall@20" for d in TTT_DEPTHS for r in TTT_RATES]
+
+
+def cell_config(table: Table, r: Row, scale: str, dataset: str, seed: int,
+                cache_dir: str) -> ml_collections.ConfigDict:
+  """The training config of one cell: the row's config at `scale`, with every cutoff the table
+  shows evaluated."""
+  cfg = (r.full if scale == "full" else r.tiny)(dataset)
+  cfg.seed, cfg.cache_dir, cfg.progress_bar = seed, cache_dir, False
+  cfg.eval.ks = eval_ks(cfg.eval.ks, table.columns)
+  return cfg
+
+
+def run_dir(runs_dir: str, scale: str, dataset: str, label: str,
+            cfg: ml_collections.ConfigDict) -> str:
+  """<runs_dir>/<scale>/<dataset>/<row>-<config hash>/seed<S>: keyed by the whole config, so
+  every table with the same row reuses one run, and a changed config never resumes another's
+  checkpoints."""
+  digest = hashlib.sha256(cfg.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
+  return os.path.join(runs_dir, scale, dataset, f"{_slug(label)}-{digest}", f"seed{cfg.seed}")
 
 
 def train_once(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -252,7 +301,7 @@ def _extra_metrics(extra: str, run: trainer.Trained, cfg, scale: str, seed: int,
     return {"latency_p50_ms": p50, "flops_per_query": flops}
   if extra == "ttt":
     from hsnn_jax.train import ttt  # pylint: disable=import-outside-toplevel
-    index = ttt.index_for_run(run, HIERARCHY_NODES[scale], seed, workdir)
+    index = ttt.index_for_run(run, TTT_NODES[scale], seed, workdir)
     out = {}
     for depth in TTT_DEPTHS:
       for rate in TTT_RATES:
@@ -291,9 +340,8 @@ def run_table(name: str, scale: str, seeds: Sequence[int], runs_dir: str, cache_
     for r in table.rows:
       per_seed = []
       for seed in seeds:
-        cfg = (r.full if scale == "full" else r.tiny)(dataset)
-        cfg.seed, cfg.cache_dir, cfg.progress_bar = seed, cache_dir, False
-        workdir = os.path.join(runs_dir, name, scale, dataset, _slug(r.label), f"seed{seed}")
+        cfg = cell_config(table, r, scale, dataset, seed, cache_dir)
+        workdir = run_dir(runs_dir, scale, dataset, r.label, cfg)
         results = train_once(cfg, workdir)
         hardware = results["hardware"]
         values = _flatten(results)
@@ -309,8 +357,7 @@ def run_table(name: str, scale: str, seeds: Sequence[int], runs_dir: str, cache_
   _relative_latency(cells)
   columns = list(table.columns)
   if "ttt" in table.extras:
-    columns = ["ttt before recall@20", "ttt before ndcg@20"] + [
-        f"ttt d={d} r={r} {m}" for d in TTT_DEPTHS for r in TTT_RATES for m in ("recall@20",)]
+    columns = ttt_columns()
   for cell in cells:
     cell["summary"] = {c: _mean_std([v.get(c) for v in cell["values"]]) for c in columns}
   return {"table": name, "title": table.title, "scale": scale, "columns": columns,
@@ -340,7 +387,8 @@ def _mean_std(values) -> dict | None:
 
 def _run_commands(name: str, scale: str, runs_dir: str) -> List[str]:
   return [f"python -m experiments.reproduce --table={name} --scale={scale} --runs_dir={runs_dir}",
-          "each cell's own config: <runs_dir>/<table>/<scale>/<dataset>/<row>/seed<S>/config.json"]
+          "each cell's own config: <runs_dir>/<scale>/<dataset>/<row>-<config hash>/seed<S>/"
+          "config.json (shared by every table with that row)"]
 
 
 def _versions() -> dict:
