@@ -371,6 +371,17 @@ def run_peers(bench: Bench, items: np.ndarray, users: np.ndarray, cfg):
                 batches, items.shape[0], peer.build_s, scans_all=name == "faiss_flat")
 
 
+def node_level_scorers(scorer: Scorer, index, rule: str, count: int, mean_scores) -> List:
+  """One LevelScorer per index level: 'nearest' scores the representative item, 'mean_score'
+  the max over the `count` members of highest mean score ([V] `mean_scores`)."""
+  if rule == "nearest":
+    return [bs.representative_level_scorer(scorer, index, l) for l in range(index.num_levels)]
+  path = np.asarray(index.item_path)
+  return [bs.members_level_scorer(scorer, top_members(path[:, l], mean_scores, index.num_nodes[l],
+                                                      count))
+          for l in range(index.num_levels)]
+
+
 def monn_suite(bench: Bench, corpus, cfg):
   scorer, params, note = train_monn(corpus, cfg.monn, cfg.history_len, cfg.seed)
   print(f"monn scorer: {note}; {scorer.flops_per_pair} FLOPs per pair, "
@@ -385,39 +396,35 @@ def monn_suite(bench: Bench, corpus, cfg):
   exhaustive = lambda u, e: exhaustive_top_k(scorer, u, cfg.k, exclude=e, corpus=corpus_reprs)
   bench.run("exhaustive", "exact", "monn", exhaustive, batches, num_items, 0.0,
             lambda _: scorer.flops_per_query + num_items * scorer.flops_per_pair)
-  del corpus_reprs
-  start = time.perf_counter()
-  embedding = monn_index_embedding(cfg.index.monn_embedding, params, item_stage.reprs, corpus,
-                                   cfg.index.key_weight)
-  embedding_s = time.perf_counter() - start
-  index, kmeans_s = build_index(embedding, cfg.index.monn_nodes_per_level,
-                                cfg.index.kmeans_iters, cfg.seed)
-  print(f"monn index on {cfg.index.monn_embedding}: nodes per level {index.num_nodes}, max items "
-        f"per leaf {index.node_items.shape[1]}, built in {embedding_s + kmeans_s:.1f}s", flush=True)
   specs = node_scoring_specs(cfg.index.monn_node_scoring)
   mean_scores, mean_s = None, 0.0
   if any(rule == "mean_score" for rule, _ in specs):
     start = time.perf_counter()
     calibration = calibration_batches(corpus, bench.queries, cfg.index.calibration_users,
                                       cfg.history_len, cfg.seed)
-    scan_reprs = encode_corpus(scorer, num_items, cfg.item_chunk)
-    mean_scores = mean_item_scores(scorer, calibration, scan_reprs, num_items)
-    del scan_reprs
+    mean_scores = mean_item_scores(scorer, calibration, corpus_reprs, num_items)
     mean_s = time.perf_counter() - start
     print(f"monn mean scores over {cfg.index.calibration_users} calibration users (not queries) "
           f"in {mean_s:.1f}s", flush=True)
-  for rule, count in specs:
-    start = time.perf_counter()
-    if rule == "nearest":
-      levels = [bs.representative_level_scorer(scorer, index, l) for l in range(index.num_levels)]
-    else:
-      levels = [bs.members_level_scorer(scorer, top_members(
-          np.asarray(index.item_path)[:, l], mean_scores, index.num_nodes[l], count))
-                for l in range(index.num_levels)]
-    build_s = embedding_s + kmeans_s + (mean_s if rule == "mean_score" else 0.0) + (
-        time.perf_counter() - start)
-    run_beam_sweep(bench, "monn", index, levels, item_stage, batches, cfg.monn_sweep, build_s,
-                   label=f"{rule}:{count} ", members_per_node=(count,) * index.num_levels)
+  del corpus_reprs
+  start = time.perf_counter()
+  embedding = monn_index_embedding(cfg.index.monn_embedding, params, item_stage.reprs, corpus,
+                                   cfg.index.key_weight)
+  embedding_s = time.perf_counter() - start
+  for shape in cfg.index.monn_index_shapes:
+    index, kmeans_s = build_index(embedding, shape, cfg.index.kmeans_iters, cfg.seed)
+    sizes = np.bincount(np.asarray(index.item_path)[:, -1])
+    print(f"monn index {'x'.join(map(str, shape))} on {cfg.index.monn_embedding}: nodes per level "
+          f"{index.num_nodes}, items per leaf mean {sizes.mean():.0f} max {sizes.max()}, built in "
+          f"{embedding_s + kmeans_s:.1f}s", flush=True)
+    for rule, count in specs:
+      start = time.perf_counter()
+      levels = node_level_scorers(scorer, index, rule, count, mean_scores)
+      build_s = embedding_s + kmeans_s + (mean_s if rule == "mean_score" else 0.0) + (
+          time.perf_counter() - start)
+      label = (f"idx={'x'.join(map(str, shape))} " if len(cfg.index.monn_index_shapes) > 1 else "")
+      run_beam_sweep(bench, "monn", index, levels, item_stage, batches, cfg.monn_sweep, build_s,
+                     label=f"{label}{rule}:{count} ", members_per_node=(count,) * index.num_levels)
   cheap = planted_scorer(corpus)
   flops = lambda r: cost.model_flops_per_query(r, [cheap], scorer)
   for k_prime in cfg.two_stage_k_primes:
@@ -495,6 +502,10 @@ def check_config(cfg) -> None:
   beam_settings(cfg.dot_sweep)
   beam_settings(cfg.monn_sweep)
   node_scoring_specs(cfg.index.monn_node_scoring)
+  shapes = cfg.index.monn_index_shapes
+  if not shapes or any(len(s) < 1 or min(s) < 1 for s in shapes):
+    raise ValueError(f"index.monn_index_shapes={shapes}: expected one or more tuples of positive "
+                     f"nodes per level, e.g. ((64, 32, 8),)")
   if cfg.index.calibration_users < cfg.query_batch:
     raise ValueError(f"index.calibration_users={cfg.index.calibration_users} must be at least "
                      f"query_batch={cfg.query_batch}")

@@ -61,7 +61,7 @@ def test_benchmark_monn_suite_end_to_end(tmp_path):
          "--config=experiments/configs/bench_synthetic_100k.py", f"--out={out}",
          "--config.corpus=synthetic_tiny", "--config.suites=('monn',)", "--config.num_queries=64",
          "--config.monn_queries=32", "--config.monn.steps=20",
-         "--config.index.monn_nodes_per_level=(4,4,4)", "--config.index.calibration_users=32",
+         "--config.index.monn_index_shapes=((4,4,4),)", "--config.index.calibration_users=32",
          "--config.monn_sweep=('2,4,8:200','4,16,64:0')", "--config.two_stage_k_primes=(200,)"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,7 +24,7 @@ def get_config():
   c.index = ml_collections.ConfigDict()
   c.index.kmeans_iters = 10
   c.index.dot_nodes_per_level = (64, 64)
-  c.index.monn_nodes_per_level = (64, 32, 8)
+  c.index.monn_index_shapes = ((64, 32, 8),)  # nodes per level; several: one sweep each
   c.index.monn_embedding = "keys_tower"  # 'keys_tower' | 'item_tower' | 'planted'
   c.index.key_weight = 4.0  # keys_tower: weight of the category part
   c.dot_node_scoring = "representative"  # 'representative' | 'embedding'

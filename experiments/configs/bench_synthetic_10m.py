@@ -14,7 +14,7 @@ def get_config():
   c.monn_queries = 32
   c.item_chunk = 65536
   c.index.dot_nodes_per_level = (128, 64, 16)
-  c.index.monn_nodes_per_level = (128, 64, 16)
+  c.index.monn_index_shapes = ((128, 64, 16),)
   c.dot_sweep = ("8,64,128:50000", "16,128,256:100000", "32,256,512:200000")
   c.monn_sweep = ("16,128,256:100000", "32,256,512:200000", "64,512,1024:400000")
   c.two_stage_k_primes = (20000, 100000, 200000)
