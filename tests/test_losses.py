@@ -78,3 +78,65 @@ def test_next_item_loss_matches_per_position_reference():
       r, lambda ids: jnp.asarray(table)[ids], jnp.asarray(history), jnp.asarray(positives),
       jnp.asarray(negatives), num_items=12, temperature=0.5))(jnp.asarray(reprs))
   assert np.all(np.asarray(grads)[0, :2] == 0)  # padded positions get no gradient
+
+
+def _ccl_reference(cosines, positives, candidates, margin, weight, uniform_only):
+  b = cosines.shape[0]
+  total = 0.0
+  for r in range(b):
+    cols = [j for j in range(len(candidates))
+            if j != r and candidates[j] != positives[r] and (j >= b or not uniform_only)]
+    hinge = np.mean([max(0.0, cosines[r, j] - margin) for j in cols]) if cols else 0.0
+    total += 1.0 - cosines[r, r] + weight * hinge
+  return total / b
+
+
+@pytest.mark.parametrize("negatives", ["uniform", "all"])
+def test_cosine_contrastive_loss_matches_reference_with_accidental_hits(negatives):
+  rng = np.random.default_rng(2)
+  positives = np.array([3, 5, 3, 7], np.int32)
+  negs = np.array([5, 1, 3, 9, 2, 8], np.int32)  # 5 and 3 collide with positives
+  candidates = np.concatenate([positives, negs])
+  cosines = np.tanh(rng.normal(size=(4, len(candidates)))).astype(np.float32)
+  got = losses.cosine_contrastive_loss(jnp.asarray(cosines), jnp.asarray(positives),
+                                       jnp.asarray(candidates), margin=0.2, negative_weight=7.0,
+                                       negatives=negatives)
+  want = _ccl_reference(cosines, positives, candidates, 0.2, 7.0, negatives == "uniform")
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  with pytest.raises(ValueError, match="cosines"):
+    losses.retrieval_loss(jnp.asarray(cosines), jnp.asarray(positives), jnp.asarray(candidates),
+                          kind="ccl")
+
+
+def test_user_weights_make_users_count_equally():
+  pair_users = jnp.array([0, 0, 0, 1, 2, 2])  # user 0 has 3 pairs, user 1 one, user 2 two
+  w = np.asarray(losses.user_weights(jnp.array([0, 1, 2, 0]), pair_users, 1.0))
+  want = np.array([1 / 3, 1.0, 0.5, 1 / 3])
+  np.testing.assert_allclose(w, want / want.mean(), rtol=1e-6)
+  logits = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4)).astype(np.float32))
+  positives, candidates = jnp.array([0, 1]), jnp.array([0, 1, 2, 3])
+  unweighted = losses.retrieval_loss(logits, positives, candidates, kind="softmax")
+  ones = losses.retrieval_loss(logits, positives, candidates, kind="softmax", weights=jnp.ones(2))
+  assert float(ones) == pytest.approx(float(unweighted), rel=1e-6)
+  first = losses.retrieval_loss(logits, positives, candidates, kind="softmax",
+                                weights=jnp.array([1.0, 0.0]))
+  z = np.asarray(logits)[0]
+  assert float(first) == pytest.approx(np.log(np.exp(z).sum()) - z[0], rel=1e-5)
+
+
+def test_known_candidates_matches_membership_and_excludes_them():
+  rng = np.random.default_rng(4)
+  known = np.array([[-1, 3, 7, 2], [-1, -1, -1, 9], [5, 5, 1, 0]], np.int32)
+  candidates = rng.integers(0, 10, size=11).astype(np.int32)  # duplicates on purpose
+  got = np.asarray(losses.known_candidates(jnp.asarray(known), jnp.asarray(candidates)))
+  want = np.array([[c in set(row[row >= 0].tolist()) for c in candidates] for row in known])
+  np.testing.assert_array_equal(got, want)
+  positives = jnp.array([3, 9])
+  cands = jnp.array([3, 9, 7, 4])
+  mask = losses.known_candidates(jnp.array([[3, 7], [9, -1]]), cands)
+  logits = jnp.asarray(rng.normal(size=(2, 4)).astype(np.float32))
+  got = losses.retrieval_loss(logits, positives, cands, kind="softmax", known=mask)
+  z = np.asarray(logits)
+  want = np.mean([np.log(np.exp(z[0, [0, 1, 3]]).sum()) - z[0, 0],
+                  np.log(np.exp(z[1, [0, 1, 2, 3]]).sum()) - z[1, 1]])
+  assert float(got) == pytest.approx(want, rel=1e-5)

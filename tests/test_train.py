@@ -93,6 +93,8 @@ def test_non_finite_loss_stops_with_last_good_checkpoint_intact(tmp_path):
     ("train.loss", "hinge", "train.loss='hinge'"),
     ("model.user_tower", "graph", "model.user_tower='graph'"),
     ("eval.ks", (0,), "eval.ks"),
+    ("train.ccl_margin", 1.5, "train.ccl_margin=1.5"),
+    ("train.ccl_negatives", "hard", "train.ccl_negatives='hard'"),
 ])
 def test_bad_config_is_refused_before_any_data_is_read(tmp_path, field, value, message):
   cfg = _config(tmp_path)
@@ -117,3 +119,35 @@ def test_in_step_sampling_draws_valid_pairs_and_masks_the_label():
     assert set(hist[hist >= 0]) <= set(ds.train.row(u).tolist())
   assert np.asarray(batch.negatives).max() < ds.num_items
 
+
+
+def test_identity_pooled_tower_adds_the_mean_history_item():
+  import jax.numpy as jnp
+  from hsnn_jax.models import two_tower
+  from hsnn_jax.models.scorer import UserBatch
+  mc = two_tower.TwoTowerConfig(num_users=3, num_items=6, embed_dim=4, user_tower="id_pooled",
+                                history_proj="identity").validate()
+  model = two_tower.TwoTower(mc)
+  users = UserBatch(user=jnp.array([0, 2]), history=jnp.array([[-1, 1, 4], [-1, -1, 5]]),
+                    features=jnp.zeros((2, 0), jnp.int32))
+  params = model.init(jax.random.PRNGKey(0), users, jnp.arange(6))["params"]
+  assert set(params) == {"item_id", "user_id"}  # no dense map to train
+  got = np.asarray(model.apply({"params": params}, users, method=two_tower.TwoTower.encode_users))
+  e_u, e_i = np.asarray(params["user_id"]["embedding"]), np.asarray(params["item_id"]["embedding"])
+  want = np.stack([e_u[0] + (e_i[1] + e_i[4]) / 2, e_u[2] + e_i[5]])
+  np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"train.loss": "ccl", "train.ccl_margin": 0.5, "train.ccl_negative_weight": 10.0},
+    {"train.user_weight_power": 1.0, "model.user_tower": "id_pooled",
+     "model.history_proj": "identity"},
+])
+def test_two_tower_variants_beat_popularity(tmp_path, overrides):
+  cfg = _config(tmp_path)
+  for field, value in overrides.items():
+    section, name = field.split(".")
+    cfg[section][name] = value
+  results = trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+  baseline = _popularity_recall(trainer.load_dataset(cfg))
+  assert results["metrics"]["recall@20"] > 1.25 * baseline, (results["metrics"], baseline)

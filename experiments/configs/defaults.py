@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.temperature = 0.1
   c.model.embed_dim = 64
   c.model.history_len = 50
+  c.model.history_proj = "dense"  # id_pooled: 'dense' (learned D x D map) | 'identity'
   c.model.item_attrs = False
   c.model.num_layers = 2
   c.model.num_heads = 2
@@ -25,7 +26,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.loss = "softmax"  # 'softmax' (sampled, in-batch + uniform negatives) | 'bpr' | 'bce'
-  c.train.logq_correction = True
+  c.train.logq_correction = True  # softmax only
+  # loss 'ccl' (SimpleX cosine contrastive loss; two-tower with cosine scores only):
+  c.train.ccl_margin = 0.9  # negatives with cosine above this are pushed away
+  c.train.ccl_negative_weight = 150.0  # weight of the mean negative hinge
+  c.train.ccl_negatives = "uniform"  # 'uniform' (the S sampled ones) | 'all' (+ in-batch)
+  # softmax/ccl: weight each example by n_u^-power (n_u = its user's training pairs);
+  # 1.0 weighs users equally instead of pairs. Needs pairs grouped by user (the CSR order).
+  c.train.user_weight_power = 0.0
+  # True: a user's own training items (its latest model.history_len) are never its negatives.
+  c.train.exclude_known_negatives = False
   c.train.batch_size = 1024
   c.train.num_negatives = 1024
   c.train.optimizer = "adamw"

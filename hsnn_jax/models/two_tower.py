@@ -5,6 +5,7 @@ has attributes. User tower, one of:
   'id':          the user id embedding (matrix factorisation);
   'id_pooled':   id embedding + a linear map of the mean of the user's history item embeddings
                  (SimpleX-style behaviour aggregation; the history shares the item id table);
+                 history_proj='identity' adds the mean itself (no dense map to train);
   'sequence':    a small causal transformer over the history (SASRec-style), the last position's
                  output is the user; no user id (sequential protocols generalise across users).
 Scores: 'dot' (u . v) or 'cosine' (u . v / |u||v| / temperature).
@@ -25,6 +26,7 @@ from hsnn_jax.models.scorer import Scorer, UserBatch
 
 USER_TOWERS = ("id", "id_pooled", "sequence")
 SCORES = ("dot", "cosine")
+HISTORY_PROJS = ("dense", "identity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,7 @@ class TwoTowerConfig:
   score: str = "cosine"
   temperature: float = 0.1  # cosine only: logits = cos / temperature
   num_attrs: int = 0  # > 0: the item tower adds attribute-key embeddings
+  history_proj: str = "dense"  # id_pooled: 'dense' (learned D x D map) | 'identity'
   # Sequence tower.
   num_layers: int = 2
   num_heads: int = 2
@@ -46,6 +49,8 @@ class TwoTowerConfig:
     errors = []
     if self.user_tower not in USER_TOWERS:
       errors.append(f"user_tower={self.user_tower!r}: expected one of {USER_TOWERS}")
+    if self.history_proj not in HISTORY_PROJS:
+      errors.append(f"history_proj={self.history_proj!r}: expected one of {HISTORY_PROJS}")
     if self.score not in SCORES:
       errors.append(f"score={self.score!r}: expected one of {SCORES}")
     for f in ("num_users", "num_items", "embed_dim", "num_layers", "num_heads", "max_history"):
@@ -96,7 +101,7 @@ class TwoTower(nn.Module):
       self.attr_table = nn.Embed(c.num_attrs, c.embed_dim, embedding_init=init, name="item_attr")
     if c.user_tower in ("id", "id_pooled"):
       self.user_table = nn.Embed(c.num_users, c.embed_dim, embedding_init=init, name="user_id")
-    if c.user_tower == "id_pooled":
+    if c.user_tower == "id_pooled" and c.history_proj == "dense":
       self.history_proj = nn.Dense(c.embed_dim, use_bias=False, name="history_proj")
     if c.user_tower == "sequence":
       self.position = nn.Embed(c.max_history, c.embed_dim, embedding_init=init, name="position")
@@ -145,7 +150,7 @@ class TwoTower(nn.Module):
       if c.user_tower == "id_pooled":
         pooled = jnp.sum(self._item_vectors(users.history), 1) / jnp.maximum(
             jnp.sum(mask, 1, keepdims=True), 1.0)
-        u = u + self.history_proj(pooled)
+        u = u + (self.history_proj(pooled) if c.history_proj == "dense" else pooled)
     return self._normalize(u)
 
   def _normalize(self, x):
@@ -178,7 +183,8 @@ def make_scorer(model: TwoTower, params) -> Scorer:
     per_position = 2 * c.embed_dim * (4 * c.embed_dim + 4 * c.embed_dim)  # qkvo + 2-layer MLP
     per_query = c.num_layers * c.max_history * (per_position + 4 * c.max_history * c.embed_dim)
   else:
-    per_query = 2 * c.embed_dim * c.embed_dim if c.user_tower == "id_pooled" else 0
+    dense = c.user_tower == "id_pooled" and c.history_proj == "dense"
+    per_query = 2 * c.embed_dim * c.embed_dim if dense else 0
   return Scorer(encode_users=encode_users, encode_items=encode_items, score=score,
                 flops_per_pair=2 * c.embed_dim, flops_per_query=per_query,
                 name=f"two_tower_{c.score}")

@@ -8,8 +8,8 @@ import ml_collections
 
 from hsnn_jax.index.config import IndexConfig
 from hsnn_jax.models.monn import PRESET_NAMES, MoNNConfig, monn_preset
-from hsnn_jax.models.two_tower import SCORES, USER_TOWERS
-from hsnn_jax.train.losses import LOSSES
+from hsnn_jax.models.two_tower import HISTORY_PROJS, SCORES, USER_TOWERS
+from hsnn_jax.train.losses import CCL_NEGATIVES, LOSSES
 from hsnn_jax.train.task_hsnn import BALANCE_OVER, EVAL_SCORERS, INDEX_SCHEDULE_FIELDS
 from hsnn_jax.train.task_monn import HISTORY_MODES
 from hsnn_jax.train.tasks import MODEL_KINDS
@@ -32,12 +32,31 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if m.kind == "two_tower":
     need(m.user_tower in USER_TOWERS, "model.user_tower", m.user_tower, f"one of {USER_TOWERS}")
     need(m.score in SCORES, "model.score", m.score, f"one of {SCORES}")
+    need(m.get("history_proj", "dense") in HISTORY_PROJS, "model.history_proj",
+         m.get("history_proj"), f"one of {HISTORY_PROJS}")
     need(m.embed_dim > 0, "model.embed_dim", m.embed_dim, "a positive int")
     need(m.temperature > 0, "model.temperature", m.temperature, "> 0")
     need(m.history_len > 0, "model.history_len", m.history_len, "a positive int")
   if m.kind in ("monn", "hsnn"):
     errors += _monn_family_errors(m, t)
   need(t.loss in LOSSES, "train.loss", t.loss, f"one of {LOSSES}")
+  need(-1 < t.get("ccl_margin", 0.9) < 1, "train.ccl_margin", t.get("ccl_margin"), "in (-1, 1)")
+  need(t.get("ccl_negative_weight", 150.0) >= 0, "train.ccl_negative_weight",
+       t.get("ccl_negative_weight"), ">= 0")
+  need(t.get("ccl_negatives", "uniform") in CCL_NEGATIVES, "train.ccl_negatives",
+       t.get("ccl_negatives"), f"one of {CCL_NEGATIVES}")
+  if t.loss == "ccl":
+    need(m.kind == "two_tower" and m.get("score") == "cosine" and m.get("user_tower") != "sequence",
+         "train.loss", t.loss, "'ccl' needs model.kind='two_tower', model.score='cosine' and a "
+         "non-sequence user tower (it is a loss on cosines)")
+    need(t.get("ccl_negatives", "uniform") != "uniform" or t.num_negatives > 0,
+         "train.num_negatives", t.num_negatives, "> 0 with ccl_negatives='uniform'")
+  need(0 <= t.get("user_weight_power", 0.0) <= 2, "train.user_weight_power",
+       t.get("user_weight_power"), "in [0, 2]")
+  need(t.get("user_weight_power", 0.0) == 0 or t.loss in ("softmax", "ccl"),
+       "train.user_weight_power", t.get("user_weight_power"), "0 unless train.loss is softmax or ccl")
+  need(isinstance(t.get("exclude_known_negatives", False), bool), "train.exclude_known_negatives",
+       t.get("exclude_known_negatives"), "True or False")
   need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"one of {OPTIMIZERS}")
   need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"one of {SCHEDULES}")
   for f in ("batch_size", "num_steps", "checkpoint_every", "keep_checkpoints", "log_every"):

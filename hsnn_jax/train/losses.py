@@ -8,6 +8,10 @@ logQ correction (Yi et al., 2019): sampled softmax is biased towards popular ite
 negatives are drawn in proportion to popularity; subtracting log of each candidate's sampling
 probability removes that bias. In-batch candidates were drawn with probability q_j (the item's
 share of training pairs) B times; uniform ones with probability 1/I, S times.
+
+Cosine contrastive loss (CCL, SimpleX, Mao et al., 2021) works on cosines rather than logits:
+(1 - cos(u, i+)) + w * mean over negatives of max(0, cos(u, j) - m); only negatives closer than
+the margin m count, so w and m set how hard the model pushes the nearest wrong items away.
 """
 
 from __future__ import annotations
@@ -17,14 +21,35 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LOSSES = ("softmax", "bpr", "bce")
+LOSSES = ("softmax", "bpr", "bce", "ccl")
+CCL_NEGATIVES = ("uniform", "all")  # ccl: the S uniform negatives only, or in-batch ones too
 _NEG = -1e9
 
 
-def candidate_mask(positives, candidates):
-  """[B, C] bool: True where a candidate may act as a negative for the row (diagonal kept)."""
+def known_candidates(known_items, candidates):
+  """[B, C] bool: True where candidate c is one of row b's known items.
+
+  known_items [B, H] int32 (-1 padded), e.g. each row's user's training items; candidates [C].
+  Sorts the C candidates once and binary-searches the B*H known items among them, so the cost
+  is O((B*H + C) log C + B*C), never a [B, C, H] comparison.
+  """
+  order = jnp.argsort(candidates)
+  ranked = candidates[order]
+  group = jnp.searchsorted(ranked, candidates, side="left")  # [C] first slot of each value
+  slot = jnp.clip(jnp.searchsorted(ranked, known_items, side="left"), 0, ranked.shape[0] - 1)
+  found = (ranked[slot] == known_items) & (known_items >= 0)  # [B, H]
+  rows = jnp.broadcast_to(jnp.arange(known_items.shape[0])[:, None], known_items.shape)
+  hit = jnp.zeros((known_items.shape[0], ranked.shape[0]), bool).at[rows, slot].max(found)
+  return hit[:, group]
+
+
+def candidate_mask(positives, candidates, known=None):
+  """[B, C] bool: True where a candidate may act as a negative for the row (diagonal kept).
+  known [B, C] bool or None: candidates also excluded (e.g. the user's other training items)."""
   b = positives.shape[0]
   hit = positives[:, None] == candidates[None, :]
+  if known is not None:
+    hit = hit | known
   diag = jnp.zeros_like(hit).at[jnp.arange(b), jnp.arange(b)].set(True)
   return ~hit | diag
 
@@ -37,17 +62,27 @@ def logq_offsets(positives, negatives, item_logq, num_items):
   return jnp.concatenate([in_batch, uniform])
 
 
-def retrieval_loss(logits, positives, candidates, *, kind: str, logq=None):
-  """Mean loss over the batch. logits [B, C] with C = B + S; positives [B]; candidates [C]."""
+def _row_mean(per_row, weights):
+  """Mean of per_row [B], weighted by weights [B] (None: unweighted)."""
+  if weights is None:
+    return jnp.mean(per_row)
+  return jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def retrieval_loss(logits, positives, candidates, *, kind: str, logq=None, weights=None,
+                   known=None):
+  """Mean loss over the batch. logits [B, C] with C = B + S; positives [B]; candidates [C];
+  weights [B] or None: per-row weights of the softmax mean (e.g. `user_weights`);
+  known [B, C] bool or None: candidates never used as the row's negatives."""
   chex.assert_rank(logits, 2)
   b = logits.shape[0]
-  valid = candidate_mask(positives, candidates)
+  valid = candidate_mask(positives, candidates, known)
   pos = logits[jnp.arange(b), jnp.arange(b)]
   neg_mask = valid.at[jnp.arange(b), jnp.arange(b)].set(False)
   if kind == "softmax":
     z = logits - logq[None, :] if logq is not None else logits
     z = jnp.where(valid, z, _NEG)
-    return jnp.mean(jax.nn.logsumexp(z, axis=1) - z[jnp.arange(b), jnp.arange(b)])
+    return _row_mean(jax.nn.logsumexp(z, axis=1) - z[jnp.arange(b), jnp.arange(b)], weights)
   if kind == "bpr":
     per = -jax.nn.log_sigmoid(pos[:, None] - logits)
     return jnp.sum(per * neg_mask) / jnp.maximum(jnp.sum(neg_mask), 1.0)
@@ -55,7 +90,38 @@ def retrieval_loss(logits, positives, candidates, *, kind: str, logq=None):
     neg = optax.sigmoid_binary_cross_entropy(logits, jnp.zeros_like(logits))
     pos_loss = optax.sigmoid_binary_cross_entropy(pos, jnp.ones_like(pos))
     return jnp.mean(pos_loss) + jnp.sum(neg * neg_mask) / jnp.maximum(jnp.sum(neg_mask), 1.0)
+  if kind == "ccl":
+    raise ValueError("loss kind 'ccl' takes cosines, not logits: call cosine_contrastive_loss")
   raise ValueError(f"loss kind {kind!r}: expected one of {LOSSES}")
+
+
+def cosine_contrastive_loss(cosines, positives, candidates, *, margin: float,
+                            negative_weight: float, negatives: str = "uniform", weights=None,
+                            known=None):
+  """SimpleX's CCL, mean over the batch. cosines [B, C] in [-1, 1] with C = B + S (column b is
+  row b's positive); positives [B]; candidates [C]. negatives: 'uniform' uses the last S columns
+  only, 'all' the in-batch ones too; accidental hits are never negatives. weights [B] or None;
+  known [B, C] bool or None as in `retrieval_loss`."""
+  chex.assert_rank(cosines, 2)
+  b = cosines.shape[0]
+  neg_mask = candidate_mask(positives, candidates, known).at[jnp.arange(b), jnp.arange(b)].set(False)
+  if negatives == "uniform":
+    neg_mask = neg_mask.at[:, :b].set(False)
+  elif negatives != "all":
+    raise ValueError(f"ccl negatives {negatives!r}: expected one of {CCL_NEGATIVES}")
+  pos = cosines[jnp.arange(b), jnp.arange(b)]
+  hinge = jnp.sum(jax.nn.relu(cosines - margin) * neg_mask, 1) / jnp.maximum(jnp.sum(neg_mask, 1), 1.0)
+  return _row_mean(1.0 - pos + negative_weight * hinge, weights)
+
+
+def user_weights(users, pair_users, power: float):
+  """[B] weights n_u^-power (normalised to mean 1 over the batch), n_u = the user's training
+  pairs: power 1 turns pair-uniform batches into user-uniform ones in expectation.
+  users [B]; pair_users [nnz] the user of every training pair, sorted (CSR order)."""
+  counts = (jnp.searchsorted(pair_users, users, side="right")
+            - jnp.searchsorted(pair_users, users, side="left"))
+  w = jnp.maximum(counts, 1).astype(jnp.float32) ** (-power)
+  return w / jnp.mean(w)
 
 
 def next_item_loss(position_reprs, item_reprs_fn, history, positives, negatives, *,

@@ -75,7 +75,24 @@ def sampled_loss(logits: jax.Array, batch: Batch, data: DeviceInteractions,
   candidates = jnp.concatenate([batch.positives, batch.negatives])
   logq = (losses.logq_offsets(batch.positives, batch.negatives, data.item_logq, data.num_items)
           if train.logq_correction else None)
-  return losses.retrieval_loss(logits, batch.positives, candidates, kind=train.loss, logq=logq)
+  return losses.retrieval_loss(logits, batch.positives, candidates, kind=train.loss, logq=logq,
+                               weights=_row_weights(batch, data, train),
+                               known=_known(batch, candidates, data, train))
+
+
+def _known(batch: Batch, candidates, data: DeviceInteractions, train: ml_collections.ConfigDict):
+  """[B, C] bool: candidates among the row user's training items (its latest history_len), when
+  train.exclude_known_negatives; else None. Ranking excludes training items, so they need not
+  be pushed below the positive either."""
+  if not train.get("exclude_known_negatives", False):
+    return None
+  return losses.known_candidates(data.recent[batch.users.user], candidates)
+
+
+def _row_weights(batch: Batch, data: DeviceInteractions, train: ml_collections.ConfigDict):
+  """[B] per-example weights from train.user_weight_power, or None when it is 0."""
+  power = train.get("user_weight_power", 0.0)
+  return losses.user_weights(batch.users.user, data.users, power) if power > 0 else None
 
 
 def _next_item_loss(model: two_tower.TwoTower, batch: Batch):
@@ -93,6 +110,7 @@ def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> Retrieval
   mc = two_tower.TwoTowerConfig(
       num_users=ds.num_users, num_items=ds.num_items, embed_dim=m.embed_dim,
       user_tower=m.user_tower, score=m.score, temperature=m.temperature,
+      history_proj=m.get("history_proj", "dense"),
       num_attrs=ds.num_attrs if use_attrs else 0, num_layers=m.get("num_layers", 2),
       num_heads=m.get("num_heads", 2), max_history=m.history_len,
       dropout=m.get("dropout", 0.0)).validate()
@@ -110,7 +128,13 @@ def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> Retrieval
     candidates = jnp.concatenate([batch.positives, batch.negatives])
     logits = module.apply({"params": params}, batch.users, candidates, deterministic=False,
                           rngs={"dropout": key})
-    value = sampled_loss(logits, batch, data, t)
+    if t.loss == "ccl":  # config_check: cosine scores only, so logits * temperature = cosines
+      value = losses.cosine_contrastive_loss(
+          logits * mc.temperature, batch.positives, candidates, margin=t.ccl_margin,
+          negative_weight=t.ccl_negative_weight, negatives=t.ccl_negatives,
+          weights=_row_weights(batch, data, t), known=_known(batch, candidates, data, t))
+    else:
+      value = sampled_loss(logits, batch, data, t)
     return value, ({"loss": value}, aux)
 
   return RetrievalTask(init=init, loss=loss, scorer=lambda p, aux: two_tower.make_scorer(module, p),
