@@ -12,8 +12,11 @@ def get_config():
   c = bench_synthetic_100k.get_config()
   c.corpus = "synthetic_1m"
   c.dot_sweep = ("4,32:5000", "8,64:10000", "16,128:20000", "16,256:40000", "32,512:80000")
-  c.monn_sweep = ("16,128,256:10000", "32,256,512:20000", "64,512,1024:10000",
-                  "64,512,1024:20000", "64,512,1024:40000")
+  # 256 codes at the last level: with fewer the prefixes collapse (64x32x8 gives 2,030 leaves of up
+  # to 1,954 items on this corpus) and the top 100 spread over more leaves than a 1% budget holds.
+  c.index.monn_index_shapes = ((64, 64, 256),)
+  c.monn_sweep = ("16,128,256:10000", "32,256,1024:10000", "64,256,1024:10000",
+                  "64,256,1024:20000", "64,512,1024:40000")
   c.two_stage_k_primes = (2000, 10000, 20000, 40000)
   c.peers.nlist = 1024
   c.peers.scann_leaves = 1000
