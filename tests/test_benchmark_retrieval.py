@@ -12,6 +12,13 @@ from experiments import benchmark_retrieval as br
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_benchmark(out, config, *overrides, timeout=900) -> subprocess.CompletedProcess:
+  """python -m experiments.benchmark_retrieval with a config file and --config.* overrides."""
+  cmd = [sys.executable, "-m", "experiments.benchmark_retrieval",
+         f"--config=experiments/configs/{config}", f"--out={out}", *overrides]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 def _row(method, setting, exactness, p50):
   return {"scorer": "dot", "method": method, "setting": setting, "exactness@100": exactness,
           "items_scored_frac": 0.01, "p50_ms": p50, "latency_ratio_vs_exhaustive": p50 / 100}
@@ -32,12 +39,10 @@ def test_matched_exactness_picks_the_fastest_setting_reaching_each_target():
 
 def test_benchmark_dot_suite_end_to_end(tmp_path):
   out = tmp_path / "bench.json"
-  cmd = [sys.executable, "-m", "experiments.benchmark_retrieval",
-         "--config=experiments/configs/bench_synthetic_100k.py", f"--out={out}",
-         "--config.corpus=synthetic_tiny", "--config.suites=('dot',)", "--config.num_queries=64",
-         "--config.index.dot_nodes_per_level=(8,8)", "--config.peers.nlist=16",
-         "--config.peers.scann_leaves=16"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = run_benchmark(out, "bench_synthetic_100k.py", "--config.corpus=synthetic_tiny",
+                       "--config.suites=('dot',)", "--config.num_queries=64",
+                       "--config.index.dot_nodes_per_level=(8,8)", "--config.peers.nlist=16",
+                       "--config.peers.scann_leaves=16")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads(out.read_text())
   keys = {"method", "setting", "corpus", "scorer", "exactness@100", "recall@100",
@@ -57,13 +62,13 @@ def test_benchmark_dot_suite_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_benchmark_monn_suite_end_to_end(tmp_path):
   out = tmp_path / "bench.json"
-  cmd = [sys.executable, "-m", "experiments.benchmark_retrieval",
-         "--config=experiments/configs/bench_synthetic_100k.py", f"--out={out}",
-         "--config.corpus=synthetic_tiny", "--config.suites=('monn',)", "--config.num_queries=64",
-         "--config.monn_queries=32", "--config.monn.steps=20",
-         "--config.index.monn_index_shapes=((4,4,4),)", "--config.index.calibration_users=32",
-         "--config.monn_sweep=('2,4,8:200','4,16,64:0')", "--config.two_stage_k_primes=(200,)"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  proc = run_benchmark(out, "bench_synthetic_100k.py", "--config.corpus=synthetic_tiny",
+                       "--config.suites=('monn',)", "--config.num_queries=64",
+                       "--config.monn_queries=32", "--config.monn.steps=20",
+                       "--config.index.monn_index_shapes=((4,4,4),)",
+                       "--config.index.calibration_users=32",
+                       "--config.monn_sweep=('2,4,8:200','4,16,64:0')",
+                       "--config.two_stage_k_primes=(200,)")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads(out.read_text())
   beams = [r for r in rows if r["method"] == "beam_search"]
@@ -79,9 +84,7 @@ def test_benchmark_monn_suite_end_to_end(tmp_path):
 
 
 def test_benchmark_refuses_a_bad_node_scoring_entry_before_compute(tmp_path):
-  cmd = [sys.executable, "-m", "experiments.benchmark_retrieval",
-         "--config=experiments/configs/bench_synthetic_1m.py", f"--out={tmp_path / 'b.json'}",
-         "--config.index.monn_node_scoring=('nearest:3',)"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  proc = run_benchmark(tmp_path / "b.json", "bench_synthetic_1m.py",
+                       "--config.index.monn_node_scoring=('nearest:3',)", timeout=120)
   assert proc.returncode != 0 and "one member per node" in proc.stderr
   assert "corpus synthetic_1m" not in proc.stdout  # refused before the corpus was built
