@@ -313,11 +313,24 @@ def _format(row, k, mflops):
 
 
 def beam_settings(sweep) -> List[tuple]:
-  """Config sweep entries 'b0,b1,...[:max_items]' -> [(beam widths, max item candidates)]."""
+  """Config sweep entries 'b0,...,b{L-1}[:max_items]' or 'b0,...,b{L-1}:w1,...,w{L-1},max_items'
+  -> [(beam widths, max candidates per stage (levels 1..L-1, then items; 0 = uncapped))].
+
+  Beam search computes every slot of a stage (static shapes): a level's slots are
+  b_{l-1} x the widest node's children, so one wide node makes every query pay for padding;
+  the w_l caps bound that work (the lowest-ranked nodes' children are dropped when they overflow).
+  """
   out = []
   for entry in sweep:
-    beams, _, budget = entry.partition(":")
-    out.append((tuple(int(b) for b in beams.split(",")), int(budget or 0)))
+    beams, _, caps = entry.partition(":")
+    beams = tuple(int(b) for b in beams.split(","))
+    caps = tuple(int(c) for c in caps.split(",")) if caps else (0,)
+    if len(caps) == 1:
+      caps = (0,) * (len(beams) - 1) + caps
+    if len(caps) != len(beams):
+      raise ValueError(f"beam setting {entry!r}: give the item budget alone or one cap per level "
+                       f"below the root plus the item budget ({len(beams)} numbers)")
+    out.append((beams, caps))
   return out
 
 
@@ -325,11 +338,12 @@ def run_beam_sweep(bench: Bench, scorer_name: str, index, level_scorers, item_st
                    sweep, build_s: float, label: str = "", members_per_node: Sequence[int] = ()):
   stages = [s.scorer for s in level_scorers]
   flops = lambda r: cost.model_flops_per_query(r, stages, item_stage.scorer)
-  for beams, budget in beam_settings(sweep):
+  for beams, caps in beam_settings(sweep):
     search = bs.BeamSearch(index, level_scorers, item_stage, beams, bench.cfg.k,
-                           max_candidates=(0,) * (len(beams) - 1) + (budget,))
+                           max_candidates=caps)
     setting = (f"{label}beams={','.join(map(str, beams))}"
-               + (f" items<={budget}" if budget else ""))
+               + (f" slots<={','.join(map(str, caps[:-1]))}" if any(caps[:-1]) else "")
+               + (f" items<={caps[-1]}" if caps[-1] else ""))
     bench.run("beam_search", setting, scorer_name, search, batches, index.num_items, build_s,
               flops, members_per_node=members_per_node)
 

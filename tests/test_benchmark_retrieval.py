@@ -88,3 +88,10 @@ def test_benchmark_refuses_a_bad_node_scoring_entry_before_compute(tmp_path):
                        "--config.index.monn_node_scoring=('nearest:3',)", timeout=120)
   assert proc.returncode != 0 and "one member per node" in proc.stderr
   assert "corpus synthetic_1m" not in proc.stdout  # refused before the corpus was built
+
+
+def test_beam_settings_take_an_item_budget_or_a_cap_per_stage():
+  assert br.beam_settings(["4,8:100", "4,8", "4,8:16,100"]) == [
+      ((4, 8), (0, 100)), ((4, 8), (0, 0)), ((4, 8), (16, 100))]
+  with pytest.raises(ValueError, match="one cap per level"):
+    br.beam_settings(["4,8,16:1,2"])

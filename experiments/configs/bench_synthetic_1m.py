@@ -15,8 +15,11 @@ def get_config():
   # 256 codes at the last level: with fewer the prefixes collapse (64x32x8 gives 2,030 leaves of up
   # to 1,954 items on this corpus) and the top 100 spread over more leaves than a 1% budget holds.
   c.index.monn_index_shapes = ((64, 64, 256),)
-  c.monn_sweep = ("16,128,256:10000", "32,256,1024:10000", "64,256,1024:10000",
-                  "64,256,1024:20000", "64,512,1024:40000")
+  # Level-2 slots capped: with 256 codes the widest level-1 node has far more children than the
+  # average, and uncapped slots (b_1 x widest) are padding every query computes.
+  c.monn_sweep = ("16,128,256:1024,2048,10000", "32,256,1024:2048,4096,10000",
+                  "64,256,1024:2048,4096,10000", "64,256,1024:2048,4096,20000",
+                  "64,512,1024:2048,8192,20000")
   c.two_stage_k_primes = (2000, 10000, 20000, 40000)
   c.peers.nlist = 1024
   c.peers.scann_leaves = 1000
