@@ -273,8 +273,9 @@ class Bench:
       scored = float(np.mean(np.concatenate([np.asarray(r.items_scored) for r in results])))
       scored_frac = scored / num_items
       stage = np.concatenate([np.asarray(r.stage_scored) for r in results])
-      weights = np.asarray(members_per_node or (1,) * stage.shape[1], np.float64)
-      node_frac = float(np.mean(stage @ weights)) / num_items
+      # Index nodes only: two-stage's stage is its cheap prefilter, not the model.
+      node_frac = (float(np.mean(stage @ np.asarray(members_per_node, np.float64))) / num_items
+                   if members_per_node else 0.0)
     else:
       scored_frac, node_frac = (1.0 if scans_all else None), 0.0
     mflops = np.mean([flops(r) for r in results]) / 1e6 if flops else float("nan")
@@ -336,6 +337,7 @@ def beam_settings(sweep) -> List[tuple]:
 
 def run_beam_sweep(bench: Bench, scorer_name: str, index, level_scorers, item_stage, batches,
                    sweep, build_s: float, label: str = "", members_per_node: Sequence[int] = ()):
+  members_per_node = tuple(members_per_node) or (1,) * index.num_levels
   stages = [s.scorer for s in level_scorers]
   flops = lambda r: cost.model_flops_per_query(r, stages, item_stage.scorer)
   for beams, caps in beam_settings(sweep):
