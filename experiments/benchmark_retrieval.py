@@ -47,7 +47,6 @@ also written to FILE.matched.json.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Dict, List, Sequence
@@ -73,6 +72,7 @@ from hsnn_jax.retrieval.exhaustive import encode_corpus, exhaustive_top_k, mean_
 from hsnn_jax.retrieval.two_stage import TwoStage
 from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import DeviceInteractions, right_aligned, sample_batch
+from hsnn_jax.train.writer import write_json_atomic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON path (the plot goes next to it).")
@@ -242,8 +242,9 @@ def monn_index_embedding(kind: str, params, item_reprs, corpus, key_weight: floa
 class Bench:
   """Runs methods on query batches and collects rows against each scorer's exhaustive run."""
 
-  def __init__(self, cfg, corpus_name: str, queries: Queries):
-    self.cfg, self.corpus_name, self.queries = cfg, corpus_name, queries
+  def __init__(self, cfg, corpus_name: str, queries: Queries, out: str):
+    """out: the JSON file of rows, rewritten after every row so that a crash keeps them."""
+    self.cfg, self.corpus_name, self.queries, self.out = cfg, corpus_name, queries, out
     self.rows: List[Dict] = []
     self.reference: Dict[str, np.ndarray] = {}
     self.exhaustive_p50: Dict[str, float] = {}
@@ -292,6 +293,7 @@ class Bench:
            "build_s": build_s,
            "latency_ratio_vs_exhaustive": latency.p50_ms / self.exhaustive_p50[scorer_name]}
     self.rows.append(row)
+    write_json_atomic(self.out, self.rows)
     print(_format(row, k, mflops), flush=True)
     return row
 
@@ -544,20 +546,17 @@ def main(argv):
   print(f"corpus {syn_cfg.name}: {syn_cfg.num_items} items, {syn_cfg.num_users} users, "
         f"built in {time.perf_counter() - start:.1f}s", flush=True)
   queries = Queries(corpus, cfg.num_queries, cfg.query_batch, cfg.history_len, cfg.seed)
-  bench = Bench(cfg, syn_cfg.name, queries)
+  bench = Bench(cfg, syn_cfg.name, queries, _OUT.value)
   print(f"{len(queries.users)} queries in batches of {cfg.query_batch}; K={cfg.k}\n{HEADER}")
   if "dot" in cfg.suites:
     dot_suite(bench, corpus, cfg)
   if "monn" in cfg.suites:
     monn_suite(bench, corpus, cfg)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, "w") as f:
-    json.dump(bench.rows, f, indent=1)
+  write_json_atomic(_OUT.value, bench.rows)  # also when no row was measured
   matched = matched_exactness(bench.rows, cfg.k, cfg.matched_exactness)
   print(format_matched(matched, cfg.k))
   stem = os.path.splitext(_OUT.value)[0]
-  with open(stem + ".matched.json", "w") as f:
-    json.dump(matched, f, indent=1)
+  write_json_atomic(stem + ".matched.json", matched)
   plot(bench.rows, cfg.k, stem + ".png")
   print(f"wrote {_OUT.value}, {stem}.matched.json and {stem}.png")
 

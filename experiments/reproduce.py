@@ -23,13 +23,13 @@ from its checkpoints, so re-running the command after a kill continues where it 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import app, flags, logging
 
 from experiments import tables
+from hsnn_jax.train.writer import write_json_atomic
 
 _TABLE = flags.DEFINE_enum("table", None, list(tables.TABLES), "Which table to regenerate.")
 _OUT = flags.DEFINE_string("out", "results", "Directory for NAME.md and NAME.json.")
@@ -55,8 +55,7 @@ def main(argv):
     raise SystemExit(f"error: {err}") from None
   os.makedirs(_OUT.value, exist_ok=True)
   stem = os.path.join(_OUT.value, _TABLE.value)
-  with open(stem + ".json", "w") as fh:
-    json.dump(report, fh, indent=1)
+  write_json_atomic(stem + ".json", report)
   with open(stem + ".md", "w") as fh:
     fh.write(tables.markdown(report))
   print(tables.markdown(report))

@@ -244,23 +244,34 @@ def cell_config(table: Table, r: Row, scale: str, dataset: str, seed: int,
   return cfg
 
 
+# Config fields that say where data lives or how a run reports, not what it trains.
+_NOT_IDENTITY = ("cache_dir", "progress_bar")
+
+
+def run_identity(cfg: ml_collections.ConfigDict | dict) -> dict:
+  """The config (or its JSON dict, as in results.json) without _NOT_IDENTITY: two runs with the
+  same identity train the same model, so a moved cache or a progress bar does not orphan a
+  finished run."""
+  as_dict = cfg if isinstance(cfg, dict) else json.loads(cfg.to_json_best_effort())
+  return {k: v for k, v in as_dict.items() if k not in _NOT_IDENTITY}
+
+
 def run_dir(runs_dir: str, scale: str, dataset: str, label: str,
             cfg: ml_collections.ConfigDict) -> str:
-  """<runs_dir>/<scale>/<dataset>/<row>-<config hash>/seed<S>: keyed by the whole config, so
+  """<runs_dir>/<scale>/<dataset>/<row>-<identity hash>/seed<S>: keyed by the run's identity, so
   every table with the same row reuses one run, and a changed config never resumes another's
   checkpoints."""
-  digest = hashlib.sha256(cfg.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
+  digest = hashlib.sha256(json.dumps(run_identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
   return os.path.join(runs_dir, scale, dataset, f"{_slug(label)}-{digest}", f"seed{cfg.seed}")
 
 
 def train_once(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """results.json of a finished run with this config, else trains (resuming if interrupted)."""
+  """results.json of a finished run with this identity, else trains (resuming if interrupted)."""
   path = os.path.join(workdir, "results.json")
-  wanted = json.loads(cfg.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as fh:
       done = json.load(fh)
-    if done.get("config") == wanted:
+    if run_identity(done.get("config", {})) == run_identity(cfg):
       return done
   return trainer.train_and_evaluate(cfg, workdir)
 
@@ -302,18 +313,17 @@ def _extra_metrics(extra: str, run: trainer.Trained, cfg, scale: str, seed: int,
   if extra == "ttt":
     from hsnn_jax.train import ttt  # pylint: disable=import-outside-toplevel
     index = ttt.index_for_run(run, TTT_NODES[scale], seed, workdir)
-    out = {}
+    before = trainer.run_evaluation(run.task, run.params, run.aux, run.ds, cfg, "test").metrics
+    out = {"ttt before recall@20": before["recall@20"], "ttt before ndcg@20": before["ndcg@20"]}
     for depth in TTT_DEPTHS:
       for rate in TTT_RATES:
         t = ttt.default_ttt_config()
         t.depth, t.rate, t.seed = depth, rate, seed
         if scale == "tiny":
           t.steps = 20
-        result = ttt.evaluate_ttt(run, index, t, cfg)
+        result = ttt.evaluate_ttt(run, index, t, cfg, before=before)
         for name in ("recall@20", "ndcg@20"):
           out[f"ttt d={depth} r={rate} {name}"] = result["after"][name]
-        out["ttt before recall@20"], out["ttt before ndcg@20"] = (
-            result["before"]["recall@20"], result["before"]["ndcg@20"])
     return out
   raise ValueError(f"unknown extra measurement {extra!r}")
 

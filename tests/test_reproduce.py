@@ -132,3 +132,26 @@ def test_markdown_has_one_line_per_cell_and_records_command_and_hardware():
       "| synthetic_tiny | a | 0.2500 ± 0.0100 | - |", "| synthetic_tiny | b | 0.2500 ± 0.0100 | - |"]
   assert "Command: `python -m experiments.reproduce --table=t`" in md
   assert "Hardware: 2 CPU cores" in md and "not a reproduction" in md
+
+
+def test_run_identity_ignores_where_data_lives_and_progress_reporting(tmp_path, monkeypatch):
+  table = tables.TABLES["hill_public"]
+  row = table.rows[0]
+  a = tables.cell_config(table, row, "tiny", "synthetic_tiny", 0, "/cache/a")
+  b = tables.cell_config(table, row, "tiny", "synthetic_tiny", 0, "/elsewhere/b")
+  b.progress_bar = True
+  run_a = tables.run_dir(str(tmp_path), "tiny", "synthetic_tiny", row.label, a)
+  assert run_a == tables.run_dir(str(tmp_path), "tiny", "synthetic_tiny", row.label, b)
+  c = tables.cell_config(table, row, "tiny", "synthetic_tiny", 0, "/cache/a")
+  c.train.num_steps += 1  # a different model: a different run
+  assert tables.run_dir(str(tmp_path), "tiny", "synthetic_tiny", row.label, c) != run_a
+
+  # A finished run recorded with another cache_dir is reused; one with another model is not.
+  trained = []
+  monkeypatch.setattr(tables.trainer, "train_and_evaluate",
+                      lambda cfg, workdir: trained.append(workdir) or {"trained": True})
+  os.makedirs(run_a)
+  with open(os.path.join(run_a, "results.json"), "w") as fh:
+    json.dump({"config": json.loads(a.to_json_best_effort()), "metrics": {"recall@20": 0.5}}, fh)
+  assert tables.train_once(b, run_a)["metrics"] == {"recall@20": 0.5} and not trained
+  assert tables.train_once(c, run_a) == {"trained": True} and trained == [run_a]

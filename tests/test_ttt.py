@@ -310,3 +310,15 @@ def test_evaluate_ttt_reports_before_and_after_on_the_full_corpus(two_tower):
   assert len(out["examples"]) == 2 and min(out["examples"]) > 0
   assert all(a < b for a, b in zip(out["node_loss_after"], out["node_loss_before"]))
   assert out["node_repr"] == "embedding" and out["config"]["depth"] == 2
+
+
+def test_evaluate_ttt_takes_the_callers_before_metrics_and_does_not_recompute_them(
+    two_tower, monkeypatch):
+  cfg, run, index = two_tower
+  c = ttt.default_ttt_config(steps=5, learning_rate=1e-2, batch_size=64, num_negatives=64)
+  calls = []
+  real = ttt.run_evaluation
+  monkeypatch.setattr(ttt, "run_evaluation", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+  given = {"recall@20": -1.0}  # a sentinel no evaluation can produce
+  out = ttt.evaluate_ttt(run, index, c, cfg, split="test", before=given)
+  assert out["before"] is given and len(calls) == 1  # only "after" was evaluated

@@ -21,7 +21,7 @@ def get_config():
   c.model.user_tower = "id"
   c.model.score = "cosine"
   c.model.temperature = 0.1
-  c.model.embed_dim = 64
+  c.model.embed_dim = 256
   c.train.batch_size = 2048
   c.train.num_negatives = 2048
   c.train.exclude_known_negatives = True

@@ -52,7 +52,7 @@ from hsnn_jax.train import config_check
 from hsnn_jax.train.checkpoint import Checkpointer
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch, user_batch_for_eval
 from hsnn_jax.train.tasks import RetrievalTask, build_task
-from hsnn_jax.train.writer import MetricWriter
+from hsnn_jax.train.writer import MetricWriter, write_json_atomic
 
 
 # sysexits.h EX_TEMPFAIL ("try again"): a preempted run saved its state and should be re-run.
@@ -400,8 +400,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluation.save_topk(os.path.join(workdir, "topk.npz"), result, ds)
     if getattr(task, "export", None) is not None:
       task.export(params, aux, workdir)
-    with open(os.path.join(workdir, "results.json"), "w") as fh:
-      json.dump(results, fh, indent=1)
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
     print(format_metrics(f"{cfg.dataset} {cfg.eval.split}, {len(result.users)} users, full corpus",
                          result.metrics))
     print(reference.format_comparison(cfg.dataset, result.metrics))

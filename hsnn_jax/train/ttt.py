@@ -429,17 +429,21 @@ def test_time_train(trained: Trained, index: PublishedIndex, cfg: ml_collections
 
 
 def evaluate_ttt(trained: Trained, index: PublishedIndex, cfg: ml_collections.ConfigDict,
-                 run_cfg: ml_collections.ConfigDict, split: str = "test") -> dict:
+                 run_cfg: ml_collections.ConfigDict, split: str = "test",
+                 before: dict | None = None) -> dict:
   """Full-corpus metrics before and after test-time training, as in results.json.
 
   run_cfg: the run's training config (its `eval` section sets ks, exclusions and chunks).
+  before: the trained run's metrics on `split` where the caller has them already (a grid over
+    TTT settings evaluates the untouched run once); computed here otherwise.
   Returns {'before': metrics, 'after': metrics, 'examples': [count per level],
   'node_loss_before' / 'node_loss_after': [D] mean CE on the examples, 'loss': {part: first
   and last step}, 'node_repr' as resolved, 'seconds': fine-tuning wall time, 'config'}.
   """
   setup = prepare(trained, index, cfg, run_cfg, split)
   task, ds = trained.task, trained.ds
-  before = run_evaluation(task, trained.params, trained.aux, ds, run_cfg, split).metrics
+  if before is None:
+    before = run_evaluation(task, trained.params, trained.aux, ds, run_cfg, split).metrics
   loss_before = node_loss(trained.params, setup)
   start = time.time()
   params, parts = fine_tune(trained.params, setup, cfg)

@@ -1,10 +1,12 @@
-"""Metrics to a JSONL file and TensorBoard event files (tensorboardX: no TensorFlow needed)."""
+"""Metrics to a JSONL file and TensorBoard event files (tensorboardX: no TensorFlow needed), and
+atomic JSON files for results that other code takes as a run's verdict."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+import tempfile
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -33,3 +35,25 @@ class MetricWriter:
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes obj as JSON to path so that a reader sees the old file or the whole new one.
+
+  A run killed mid-write must not leave a truncated results.json: `experiments.tables` takes an
+  existing results.json as a finished run. The temporary file lives in the same directory, so
+  os.replace is a rename on one file system.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as fh:
+      json.dump(obj, fh, indent=1)
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
