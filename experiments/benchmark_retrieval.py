@@ -342,8 +342,9 @@ def run_beam_sweep(bench: Bench, scorer_name: str, index, level_scorers, item_st
   members_per_node = tuple(members_per_node) or (1,) * index.num_levels
   stages = [s.scorer for s in level_scorers]
   flops = lambda r: cost.model_flops_per_query(r, stages, item_stage.scorer)
+  items = bs.leaf_major_items(index, item_stage)  # one copy of the reprs for the whole sweep
   for beams, caps in beam_settings(sweep):
-    search = bs.BeamSearch(index, level_scorers, item_stage, beams, bench.cfg.k,
+    search = bs.BeamSearch(index, level_scorers, items, beams, bench.cfg.k,
                            max_candidates=caps)
     setting = (f"{label}beams={','.join(map(str, beams))}"
                + (f" slots<={','.join(map(str, caps[:-1]))}" if any(caps[:-1]) else "")

@@ -174,6 +174,45 @@ def test_expand_lays_children_out_back_to_back():
   np.testing.assert_array_equal(np.asarray(slot)[1, :2], [0, 1])
 
 
+def test_expand_runs_lays_consecutive_rows_out_back_to_back():
+  starts, counts = jnp.array([0, 2, 3]), jnp.array([2, 1, 3])
+  cand, slot, valid = bs.expand_runs(jnp.array([[2, -1, 0], [1, 1, -1]]), starts, counts, 6)
+  np.testing.assert_array_equal(cand, [[3, 4, 5, 0, 1, -1], [2, 2, -1, -1, -1, -1]])
+  np.testing.assert_array_equal(valid, np.asarray(cand) >= 0)
+  np.testing.assert_array_equal(np.asarray(slot)[0, :5], [0, 0, 0, 2, 2])
+
+
+def test_leaf_major_items_hold_each_leafs_items_consecutively():
+  users, items = _vectors(13)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=13)
+  layout = bs.leaf_major_items(index, bs.item_level_scorer(scorer, NUM_ITEMS))
+  node_items = np.asarray(index.node_items)
+  for leaf, row in enumerate(node_items):
+    rows = slice(layout.starts[leaf], layout.starts[leaf] + layout.counts[leaf])
+    np.testing.assert_array_equal(layout.order[rows], row[row >= 0])
+  np.testing.assert_array_equal(np.sort(layout.order), np.arange(NUM_ITEMS))
+  np.testing.assert_array_equal(layout.stage.reprs, items[layout.order])
+
+
+@pytest.mark.parametrize("users_per_step", [None, 1, 5])
+def test_the_item_layout_and_user_batching_do_not_change_results(users_per_step):
+  """A shared leaf-major layout, one built per search, and every users_per_step give the same
+  top-K, scores and counts (narrow beams and an item budget, so candidate sets differ by user)."""
+  users, items = _vectors(14)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=14)
+  levels, item_stage = stages(scorer, index)
+  ub, exclude = user_batch(np.arange(NUM_USERS)), exclusions(15)
+  args = (index, levels)
+  want = bs.BeamSearch(*args, item_stage, (2, 3, 4), 20, max_candidates=(0, 6, 40),
+                       users_per_step=None)(ub, exclude)
+  shared = bs.leaf_major_items(index, item_stage)
+  got = bs.BeamSearch(*args, shared, (2, 3, 4), 20, max_candidates=(0, 6, 40),
+                      users_per_step=users_per_step)(ub, exclude)
+  for field in ("ids", "scores", "items_scored", "stage_scored"):
+    np.testing.assert_array_equal(np.asarray(getattr(got, field)), np.asarray(getattr(want, field)))
+  assert (np.asarray(want.items_scored) < NUM_ITEMS).all()
+
+
 def test_representative_scorer_encodes_the_representatives():
   users, items = _vectors(10)
   index = tiny_index(items, seed=10)
@@ -191,6 +230,11 @@ def test_bad_arguments_raise():
   levels = [bs.representative_level_scorer(scorer, index, l) for l in range(3)]
   with pytest.raises(ValueError, match="leading dims"):
     bs.BeamSearch(index, levels[::-1], bs.item_level_scorer(scorer, NUM_ITEMS), (2, 2, 2), 5)
+  other = bs.leaf_major_items(tiny_index(items, seed=12), bs.item_level_scorer(scorer, NUM_ITEMS))
+  with pytest.raises(ValueError, match="another index"):
+    bs.BeamSearch(index, levels, other, (2, 2, 2), 5)
+  with pytest.raises(ValueError, match="users_per_step"):
+    searcher(scorer, index, (2, 2, 2), 5, users_per_step=0)
 
 
 def _vectors(seed):

@@ -16,6 +16,7 @@ A `Hierarchy` is an index with one scorer per stage:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Dict, Sequence, Tuple
 
 import jax
@@ -45,10 +46,15 @@ class Hierarchy:
   level_weights: bs.Weights
   reference: Scorer
 
+  @functools.cached_property
+  def leaf_major_items(self) -> bs.LeafMajorItems:
+    """The item stage laid out leaf-major, once, for every search over this hierarchy."""
+    return bs.leaf_major_items(self.index, self.item_stage)
+
   def search(self, beam_widths: Sequence[int], k: int,
              max_items: int = 0) -> bs.BeamSearch:
     levels = self.index.num_levels
-    return bs.BeamSearch(self.index, self.level_stages, self.item_stage, beam_widths, k,
+    return bs.BeamSearch(self.index, self.level_stages, self.leaf_major_items, beam_widths, k,
                          level_weights=self.level_weights,
                          max_candidates=(0,) * (levels - 1) + (max_items,))
 
