@@ -86,6 +86,8 @@ def test_two_stage_counts_and_full_prefilter_is_exact():
   np.testing.assert_array_equal(narrow.stage_scored, NUM_ITEMS)
   full = TwoStage(cheap, item_stage, NUM_ITEMS, NUM_ITEMS, 20, item_chunk=64)(ub, exclude)
   np.testing.assert_array_equal(full.ids, reference)
+  vmapped = TwoStage(cheap, item_stage, NUM_ITEMS, 30, 20, item_chunk=64, users_per_step=None)
+  np.testing.assert_array_equal(vmapped(ub, exclude).ids, narrow.ids)  # same whatever batching
   np.testing.assert_array_equal(full.items_scored, NUM_ITEMS - np.array(
       [len(set(r)) for r in np.asarray(exclude)]))
   assert cost.exactness_at_k(np.asarray(narrow.ids), np.asarray(reference)) < 1.0

@@ -304,6 +304,15 @@ def score_candidates(score, user_repr: PyTree, reprs: PyTree, cand: jax.Array,
                      ).astype(jnp.float32)
 
 
+def resolve_users_per_step(value: Union[None, int, str]) -> Optional[int]:
+  """`score_candidates`' users_per_step from a setting: 'auto' is 1 on a CPU backend, else None."""
+  if value == "auto":
+    return 1 if jax.default_backend() == "cpu" else None
+  if value is not None and (not isinstance(value, int) or value < 1):
+    raise ValueError(f"users_per_step must be None, 'auto' or an int >= 1, got {value!r}")
+  return value
+
+
 def _keep(combined: jax.Array, ids: jax.Array, path: jax.Array, width: int):
   """Top `width` of combined [B, W] -> (ids [B, width] with -1 for -inf, path rows)."""
   top, pos = fast_top_k(combined, width)
@@ -386,10 +395,7 @@ class BeamSearch:
                max_candidates: Optional[Sequence[int]] = None,
                users_per_step: Union[None, int, str] = "auto"):
     num_levels = index.num_levels
-    if users_per_step == "auto":
-      users_per_step = 1 if jax.default_backend() == "cpu" else None
-    if users_per_step is not None and (not isinstance(users_per_step, int) or users_per_step < 1):
-      raise ValueError(f"users_per_step must be None, 'auto' or an int >= 1, got {users_per_step!r}")
+    users_per_step = resolve_users_per_step(users_per_step)
     if len(level_scorers) != num_levels or len(beam_widths) != num_levels:
       raise ValueError(f"need {num_levels} level scorers and beam widths, got "
                        f"{len(level_scorers)} and {len(beam_widths)}")

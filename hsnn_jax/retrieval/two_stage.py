@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from hsnn_jax.models.scorer import PyTree, Scorer, UserBatch
 from hsnn_jax.retrieval.beam_search import (LevelScorer, RetrievalResult, as_exclusions,
-                                             score_candidates)
+                                             resolve_users_per_step, score_candidates)
 from hsnn_jax.retrieval.exhaustive import EncodedCorpus, encode_corpus, top_k_over_corpus
 from hsnn_jax.retrieval.topk import fast_top_k
 
@@ -34,6 +34,7 @@ class _Spec:
   model_score: object
   k_prime: int
   k: int
+  users_per_step: Optional[int]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -42,7 +43,8 @@ def _two_stage(spec: _Spec, corpus: EncodedCorpus, model_reprs: PyTree, users: U
   _, cand = top_k_over_corpus(spec.cheap_score, spec.cheap_encode(users), corpus, spec.k_prime,
                               exclude)
   valid = cand >= 0
-  scores = score_candidates(spec.model_score, spec.model_encode(users), model_reprs, cand)
+  scores = score_candidates(spec.model_score, spec.model_encode(users), model_reprs, cand,
+                            spec.users_per_step)
   top, pos = fast_top_k(jnp.where(valid, scores, -jnp.inf), spec.k)
   ids = jnp.where(jnp.isneginf(top), -1, jnp.take_along_axis(cand, pos, axis=1))
   scanned = jnp.sum(corpus.valid, dtype=jnp.int32)
@@ -60,17 +62,19 @@ class TwoStage:
     k_prime: candidates kept by the prefilter (k <= k_prime <= V).
     k: results per query.
     item_chunk: items per scan step of the prefilter.
+    users_per_step: how the rescoring batches users (`beam_search.score_candidates`).
   """
 
   def __init__(self, cheap: Scorer, model: LevelScorer, num_items: int, k_prime: int, k: int,
-               item_chunk: int = 8192):
+               item_chunk: int = 8192, users_per_step="auto"):
     if not 1 <= k <= k_prime <= num_items:
       raise ValueError(f"need 1 <= k <= k_prime <= num_items, got {k}, {k_prime}, {num_items}")
     self.corpus = encode_corpus(cheap, num_items, item_chunk)
     self.model_reprs = model.reprs
     self.scorers = (cheap, model.scorer)
     self.spec = _Spec(cheap.encode_users, cheap.score, model.scorer.encode_users,
-                      model.scorer.score, int(k_prime), int(k))
+                      model.scorer.score, int(k_prime), int(k),
+                      resolve_users_per_step(users_per_step))
 
   def __call__(self, users: UserBatch, exclude: Optional[jax.Array] = None) -> RetrievalResult:
     return _two_stage(self.spec, self.corpus, self.model_reprs, users,
