@@ -10,6 +10,10 @@ early stopping, at the price of training on less data, so the default trains a f
 Training matches the ranking protocol: a user's own training items (its latest model.history_len)
 are never its negatives (train.exclude_known_negatives), since ranking excludes them anyway;
 in-batch negatives are popularity-sampled, so about 13 of each row's 2,048 are such items.
+
+Width 256: at 12,000 steps (seed 0, 2-core CPU) width 64 gave Recall@20 / NDCG@20 0.1714 / 0.1361
+and 256 gives 0.1804 / 0.1454. The published LightGCN-protocol baselines use 64-dimensional
+embeddings; `--config.model.embed_dim=64` is the like-for-like run.
 """
 
 from experiments.configs.defaults import base_config
