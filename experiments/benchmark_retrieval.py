@@ -412,9 +412,10 @@ def monn_suite(bench: Bench, corpus, cfg):
   item_stage = bs.item_level_scorer(scorer, num_items)
   print(f"monn item reprs encoded twice (scan and flat layouts) in "
         f"{time.perf_counter() - start:.1f}s", flush=True)
-  exhaustive = lambda u, e: exhaustive_top_k(scorer, u, cfg.k, exclude=e, corpus=corpus_reprs)
+  exhaustive = lambda u, e, c=corpus_reprs: exhaustive_top_k(scorer, u, cfg.k, exclude=e, corpus=c)
   bench.run("exhaustive", "exact", "monn", exhaustive, batches, num_items, 0.0,
             lambda _: scorer.flops_per_query + num_items * scorer.flops_per_pair)
+  del exhaustive  # holds corpus_reprs, freed below
   specs = node_scoring_specs(cfg.index.monn_node_scoring)
   mean_scores, mean_s = None, 0.0
   if any(rule == "mean_score" for rule, _ in specs):
