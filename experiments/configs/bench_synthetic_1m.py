@@ -1,5 +1,6 @@
-"""Retrieval-cost benchmark on the 1M-item planted corpus (BENCHMARKS.md §E). About an hour on
-a loaded 2-core CPU, half of it the MoNN's exhaustive reference on config.monn_queries queries.
+"""Retrieval-cost benchmark on the 1M-item planted corpus (BENCHMARKS.md §E). 17 minutes on an
+idle 2-core CPU (about an hour on a loaded one), a third of it the MoNN's exhaustive reference on
+config.monn_queries queries.
 
   python -m experiments.benchmark_retrieval --config=experiments/configs/bench_synthetic_1m.py \
       --out=runs/bench_1m.json
