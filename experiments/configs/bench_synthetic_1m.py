@@ -1,5 +1,5 @@
 """Retrieval-cost benchmark on the 1M-item planted corpus (BENCHMARKS.md §E). 17 minutes on an
-idle 2-core CPU (about an hour on a loaded one), a third of it the MoNN's exhaustive reference on
+idle 2-core CPU (about an hour on a loaded one), a quarter of it the MoNN's exhaustive reference on
 config.monn_queries queries.
 
   python -m experiments.benchmark_retrieval --config=experiments/configs/bench_synthetic_1m.py \
