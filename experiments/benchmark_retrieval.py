@@ -43,6 +43,17 @@ and a PNG of exactness against items_scored_frac next to it. A plain table goes 
 the matched-exactness comparison (`matched_exactness`): for each scorer, method and target in
 config.matched_exactness, the fastest setting of that run whose exactness@K reaches the target,
 also written to FILE.matched.json.
+
+Reproducibility: nothing here draws without a seed, so the same command on the same machine
+gives the same index and the same exactness, bit for bit (tests/test_determinism.py); only the
+timings move. Another machine may not: XLA compiles for the host's vector extensions and splits
+work over its cores, and NumPy's BLAS (the warm start's SVD) picks kernels by CPU model; the MoNN's
+300 training steps amplify the different roundings, and k-means turns them into another index.
+On the 100K corpus (30 steps) capping XLA at AVX, forcing OpenBLAS's Sandybridge kernels or
+running on 1 core instead of 2 each changed the 64x32x8 index from 872 / 2,268 nodes at levels
+1 / 2 to 965 / 2,013, 948 / 2,461 and 1,024 / 2,151. What decides it is printed at the start and
+written to FILE.platform.json (`cost.numerics_platform`); compare figures only between runs
+whose platforms match.
 """
 
 from __future__ import annotations
@@ -540,6 +551,9 @@ def main(argv):
   check_config(cfg)
   print(f"devices: {jax.devices()}  backend: {jax.default_backend()}  jax {jax.__version__}  "
         f"cpus: {os.cpu_count()}", flush=True)
+  numerics = cost.numerics_platform()
+  print(f"numerics platform (results repeat bit for bit where this matches): {numerics}")
+  write_json_atomic(os.path.splitext(_OUT.value)[0] + ".platform.json", numerics)
   syn_cfg = synthetic.PRESETS[cfg.corpus]
   if cfg.corpus_overrides:
     syn_cfg = syn_cfg.__class__(**{**syn_cfg.__dict__, **dict(cfg.corpus_overrides)})
@@ -560,7 +574,7 @@ def main(argv):
   stem = os.path.splitext(_OUT.value)[0]
   write_json_atomic(stem + ".matched.json", matched)
   plot(bench.rows, cfg.k, stem + ".png")
-  print(f"wrote {_OUT.value}, {stem}.matched.json and {stem}.png")
+  print(f"wrote {_OUT.value}, {stem}.matched.json, {stem}.platform.json and {stem}.png")
 
 
 if __name__ == "__main__":

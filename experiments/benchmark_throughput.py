@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from hsnn_jax.data import cache
 from hsnn_jax.train import trainer
 
 _CONFIGS = flags.DEFINE_list("configs", ["experiments/configs/tiny.py",
@@ -91,6 +92,8 @@ def measure(path: str, peaks: tuple[float, float]) -> None:
     cfg.train.batch_size = _BATCH.value
   try:
     setup = trainer.build_training(cfg)
+  except cache.CacheError as err:  # a damaged cache is the user's to fix, not a skip
+    raise SystemExit(f"error: {err}") from None
   except Exception as err:  # pylint: disable=broad-except
     print(f"{path}: skipped, the task does not build here ({type(err).__name__}: {err})")
     return

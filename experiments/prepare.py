@@ -68,7 +68,9 @@ def main(argv):
   except (DataFormatError, ChecksumError, FileNotFoundError) as e:
     print(f"prepare: error: {e}", file=sys.stderr)
     sys.exit(1)
-  path = cache.save(ds, _CACHE_DIR.value)
+  given = {name: flags.FLAGS[name].value for name in prepare.PREPARE_FLAGS
+           if flags.FLAGS[name].present}
+  path = cache.save(ds, _CACHE_DIR.value, given)
   print(f"{ds.summary()}\nparsed by: {how}\nwritten to: {path}")
 
 

@@ -19,6 +19,8 @@ on a CPU): it checks the pipeline, its numbers are not the papers'.
 Each run lives in --runs_dir/<scale>/<dataset>/<row>-<config hash>/seed<S>; a finished run (its
 results.json, same config) is reused, by any table with that row, and an interrupted one resumes
 from its checkpoints, so re-running the command after a kill continues where it stopped.
+A damaged cache or results record, a full disk or a run dir that another live run holds ends the
+command with one line on stderr and exit 1; SIGTERM saves the current run and exits 75.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 from absl import app, flags, logging
 
 from experiments import tables
-from hsnn_jax.train.writer import write_json_atomic
+from hsnn_jax.train import trainer, writer
 
 _TABLE = flags.DEFINE_enum("table", None, list(tables.TABLES), "Which table to regenerate.")
 _OUT = flags.DEFINE_string("out", "results", "Directory for NAME.md and NAME.json.")
@@ -51,13 +53,16 @@ def main(argv):
   try:
     report = tables.run_table(_TABLE.value, _SCALE.value, seeds, _RUNS.value, _CACHE.value,
                               command)
-  except (ValueError, FileNotFoundError) as err:
+    os.makedirs(_OUT.value, exist_ok=True)
+    stem = os.path.join(_OUT.value, _TABLE.value)
+    writer.write_json_atomic(stem + ".json", report)
+    with writer.atomic_path(stem + ".md") as tmp, open(tmp, "w") as fh:
+      fh.write(tables.markdown(report))
+  except trainer.Preempted as stop:
+    logging.warning("%s", stop)
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)
+  except trainer.USER_ERRORS as err:
     raise SystemExit(f"error: {err}") from None
-  os.makedirs(_OUT.value, exist_ok=True)
-  stem = os.path.join(_OUT.value, _TABLE.value)
-  write_json_atomic(stem + ".json", report)
-  with open(stem + ".md", "w") as fh:
-    fh.write(tables.markdown(report))
   print(tables.markdown(report))
   print(f"written: {stem}.md, {stem}.json")
 

@@ -26,12 +26,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments.configs import (beauty_hsnn, beauty_monn_small, beauty_two_tower, gowalla_hsnn,
-                                 gowalla_monn_small, gowalla_two_tower, tiny, tiny_hsnn, tiny_monn)
+from experiments.configs import (beauty_hsnn, beauty_monn_small, beauty_sasrec, gowalla_hsnn,
+                                 gowalla_lightgcn, gowalla_monn_small, tiny, tiny_hsnn, tiny_monn)
 from hsnn_jax.eval import hierarchical
 from hsnn_jax.eval import reference
 from hsnn_jax.train import trainer
 from hsnn_jax.train.sampler import user_batch_for_eval
+from hsnn_jax.train.writer import read_json
 
 ConfigFn = Callable[[str], ml_collections.ConfigDict]  # dataset name -> config
 
@@ -63,7 +64,8 @@ def _on(dataset: str, gowalla: Callable, sequential: Callable) -> ml_collections
 
 
 def two_tower_full(dataset):
-  return _on(dataset, gowalla_two_tower, beauty_two_tower)
+  """The strong bases: LightGCN towers by full softmax (CF), SASRec by full cross-entropy."""
+  return _on(dataset, gowalla_lightgcn, beauty_sasrec)
 
 
 def monn_full(preset):
@@ -269,8 +271,11 @@ def train_once(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """results.json of a finished run with this identity, else trains (resuming if interrupted)."""
   path = os.path.join(workdir, "results.json")
   if os.path.exists(path):
-    with open(path) as fh:
-      done = json.load(fh)
+    remedy = ("delete it and run the same command again: the run restores its final checkpoint "
+              "and rewrites it")
+    done = read_json(path, "results record", remedy)
+    if not isinstance(done, dict) or not isinstance(done.get("metrics"), dict):
+      raise ValueError(f"results record {path} has no 'metrics' object; {remedy}")
     if run_identity(done.get("config", {})) == run_identity(cfg):
       return done
   return trainer.train_and_evaluate(cfg, workdir)

@@ -12,7 +12,8 @@ the same command with --coordinator_address=HOST:PORT --num_processes=N --proces
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables, or
 --distributed_auto for SLURM, Cloud TPU, Open MPI and Kubernetes); the workdir must be shared.
 
-Exit codes: 0 done; 1 a config, data, checkpoint or numerical error (one line on stderr);
+Exit codes: 0 done; 1 a config, data, cache, checkpoint, numerical or disk error, or a workdir
+that another live run holds (one line on stderr);
 75 (EX_TEMPFAIL) stopped by SIGTERM after saving a checkpoint: run the same command again.
 """
 
@@ -50,14 +51,15 @@ def main(argv):
   # Before anything touches a JAX backend.
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          auto=_AUTO.value)
-  from hsnn_jax.train import checkpoint, trainer  # pylint: disable=import-outside-toplevel
+  from hsnn_jax.train import trainer  # pylint: disable=import-outside-toplevel
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except trainer.Preempted as stop:
     logging.warning("%s", stop)
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
-  except (ValueError, FileNotFoundError, trainer.NonFiniteError, checkpoint.CheckpointError) as err:
-    # Config, data and numerical errors are the user's to fix: one clear message, no traceback.
+  except trainer.USER_ERRORS as err:
+    # Config, data, cache, numerical, disk and workdir errors are the user's to fix: one clear
+    # message, no traceback.
     raise SystemExit(f"error: {err}") from None
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hsnn_jax.index.publish import publish_index, top_members
-from hsnn_jax.models.scorer import Scorer, UserBatch
+from hsnn_jax.models.scorer import UserBatch
 from hsnn_jax.retrieval import beam_search as bs
 from hsnn_jax.retrieval.cost import exactness_at_k
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k

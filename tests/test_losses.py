@@ -140,3 +140,59 @@ def test_known_candidates_matches_membership_and_excludes_them():
   want = np.mean([np.log(np.exp(z[0, [0, 1, 3]]).sum()) - z[0, 0],
                   np.log(np.exp(z[1, [0, 1, 2, 3]]).sum()) - z[1, 1]])
   assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_full_softmax_matches_reference():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(3, 7)).astype(np.float32) * 3
+  lists = np.array([[0, 4, -1], [2, -1, -1], [-1, -1, -1]], np.int32)  # row 2: no positive
+  mask = np.asarray(losses.items_mask(jnp.asarray(lists), 7))
+  assert mask.sum() == 3 and mask[0, [0, 4]].all() and mask[1, 2]
+  weights = np.array([1.0, 3.0, 5.0], np.float32)
+  per_row = []
+  for b in range(2):
+    pos = [i for i in lists[b] if i >= 0]
+    neg = [j for j in range(7) if j not in pos]
+    terms = [np.log(np.exp(logits[b, i]) + np.exp(logits[b, neg]).sum()) - logits[b, i]
+             for i in pos]
+    per_row.append(np.mean(terms))
+  want = (per_row[0] * 1.0 + per_row[1] * 3.0) / 4.0  # the empty row weighs nothing
+  got = losses.full_softmax_loss(jnp.asarray(logits), jnp.asarray(mask), jnp.asarray(weights))
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  unweighted = losses.full_softmax_loss(jnp.asarray(logits), jnp.asarray(mask))
+  assert float(unweighted) == pytest.approx(np.mean(per_row), rel=1e-5)
+
+
+def test_next_item_full_loss_matches_reference():
+  rng = np.random.default_rng(4)
+  reprs = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  table = rng.normal(size=(6, 4)).astype(np.float32)
+  history = np.array([[-1, 1, 2], [0, 3, 5]], np.int32)
+  positives = np.array([4, 1], np.int32)
+  terms = []
+  for b in range(2):
+    targets = list(history[b, 1:]) + [positives[b]]
+    for h in range(3):
+      if history[b, h] >= 0 and targets[h] >= 0:
+        z = reprs[b, h] @ table.T / 0.5
+        terms.append(np.log(np.exp(z).sum()) - z[targets[h]])
+  got = losses.next_item_full_loss(jnp.asarray(reprs), jnp.asarray(table), jnp.asarray(history),
+                                   jnp.asarray(positives), temperature=0.5)
+  assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_next_item_full_loss_scores_only_the_real_positions_when_capped():
+  rng = np.random.default_rng(5)
+  reprs = jnp.asarray(rng.normal(size=(3, 4, 2)), jnp.float32)
+  table = jnp.asarray(rng.normal(size=(5, 2)), jnp.float32)
+  history = jnp.array([[-1, -1, 1, 2], [-1, -1, -1, 0], [-1, 3, 4, 1]], jnp.int32)
+  positives = jnp.array([4, 2, 0], jnp.int32)
+  full = losses.next_item_full_loss(reprs, table, history, positives, temperature=1.0)
+  exact = losses.next_item_full_loss(reprs, table, history, positives, temperature=1.0,
+                                     max_targets=6)  # exactly the 6 real positions
+  assert float(exact) == pytest.approx(float(full), rel=1e-6)
+  first_two_rows = losses.next_item_full_loss(reprs[:2], table, history[:2], positives[:2],
+                                              temperature=1.0)
+  capped = losses.next_item_full_loss(reprs, table, history, positives, temperature=1.0,
+                                      max_targets=3)  # row-major: rows 0 and 1 only
+  assert float(capped) == pytest.approx(float(first_two_rows), rel=1e-6)

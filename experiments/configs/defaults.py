@@ -13,7 +13,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.kind = "two_tower"
-  c.model.user_tower = "id_pooled"  # 'id' | 'id_pooled' | 'sequence'
+  c.model.user_tower = "id_pooled"  # 'id' | 'id_pooled' | 'sequence' | 'lightgcn'
+  c.model.graph_layers = 3  # lightgcn: propagation layers over the training graph
   c.model.score = "cosine"  # 'dot' | 'cosine'
   c.model.temperature = 0.1
   c.model.embed_dim = 64
@@ -25,7 +26,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
 
   c.train = ml_collections.ConfigDict()
-  c.train.loss = "softmax"  # 'softmax' (sampled, in-batch + uniform negatives) | 'bpr' | 'bce'
+  # 'softmax' (sampled, in-batch + uniform negatives) | 'full_softmax' (every item; two-tower)
+  # | 'bpr' | 'bce' | 'ccl'
+  c.train.loss = "softmax"
+  c.train.all_positions = True  # sequence tower: every window position is a next-item target
+  c.train.max_targets = 0  # full_softmax, sequence tower: > 0 scores at most this many positions
   c.train.logq_correction = True  # softmax only
   # loss 'ccl' (SimpleX cosine contrastive loss; two-tower with cosine scores only):
   c.train.ccl_margin = 0.9  # negatives with cosine above this are pushed away
@@ -37,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   # True: a user's own training items (its latest model.history_len) are never its negatives.
   c.train.exclude_known_negatives = False
   c.train.batch_size = 1024
+  # 'pair': examples are training pairs; 'user': users, each at its last training pair (with a
+  # causal history and all_positions, one pass over each whole sequence; hsnn_jax/train/sampler.py)
+  c.train.sample_unit = "pair"
   c.train.num_negatives = 1024
   c.train.optimizer = "adamw"
   c.train.learning_rate = 1e-3

@@ -14,6 +14,12 @@ from absl import logging
 from hsnn_jax.data import cache, sources, splits, synthetic
 from hsnn_jax.data.types import RecDataset
 
+# prepare_dataset arguments that are also `experiments.prepare` flags: the cache records them, so
+# its error messages can give the command that rebuilds it.
+PREPARE_FLAGS = ("manual_dir", "data_dir", "use_tfds", "verify_checksums", "valid_fraction",
+                 "allow_partial", "download", "seed", "num_items", "num_users", "depth",
+                 "branching", "dim")
+
 
 def synthetic_config(name: str, seed: int = 0, depth: Optional[int] = None,
                      branching: Optional[int] = None, **overrides) -> synthetic.SyntheticConfig:
@@ -72,6 +78,7 @@ def prepare_dataset(name: str, cache_dir: str = "./cache", manual_dir: Optional[
     The dataset as written. A parse error raises before anything is written.
   """
   ds, how = parse_dataset(name, manual_dir, **kwargs)
-  path = cache.save(ds, cache_dir)
+  options = {k: v for k, v in {"manual_dir": manual_dir, **kwargs}.items() if k in PREPARE_FLAGS}
+  path = cache.save(ds, cache_dir, options)
   logging.info("%s (parsed by %s) written to %s", ds.summary(), how, path)
   return ds

@@ -19,6 +19,7 @@ from hsnn_jax.data.types import RecDataset, concat_rows
 from hsnn_jax.eval import metrics as metrics_lib
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k_for_users
+from hsnn_jax import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,4 +73,5 @@ def save_topk(path: str, result: EvalResult, dataset: RecDataset) -> None:
   """Writes `users` [U] and `items` [U, K] as int64 original ids (-1 padding kept) to an npz."""
   items = result.topk_items
   original = np.where(items >= 0, dataset.item_ids[np.maximum(items, 0)], -1).astype(np.int64)
-  np.savez(path, users=dataset.user_ids[result.users].astype(np.int64), items=original)
+  with atomic_write.atomic_path(path) as tmp:
+    np.savez(tmp, users=dataset.user_ids[result.users].astype(np.int64), items=original)

@@ -18,11 +18,18 @@ retrieval can run under jit with fixed shapes and masks.
 
 from __future__ import annotations
 
+import zipfile
 from typing import Tuple
 
 import flax.struct
 import jax
 import numpy as np
+
+from hsnn_jax import atomic_write
+
+
+class IndexFileError(ValueError):
+  """A published index file is damaged, truncated or not an index."""
 
 
 @flax.struct.dataclass
@@ -48,19 +55,31 @@ class PublishedIndex:
     return tuple(int(r.shape[0]) for r in self.representative)
 
   def save(self, path: str) -> None:
+    """Writes every array to the npz `path`, atomically (see writer.atomic_path)."""
     arrays = {"item_path": self.item_path, "codes": self.codes, "node_items": self.node_items}
     for name in ("children", "parent", "representative", "node_embedding"):
       for l, a in enumerate(getattr(self, name)):
         arrays[f"{name}.{l}"] = a
-    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    with atomic_write.atomic_path(path) as tmp:
+      np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
 
   @classmethod
   def load(cls, path: str) -> "PublishedIndex":
-    with np.load(path) as z:
-      a = {k: z[k] for k in z.files}
-    levels = a["item_path"].shape[1]
-    seq = lambda name, n: tuple(a[f"{name}.{l}"] for l in range(n))
-    return cls(item_path=a["item_path"], codes=a["codes"], node_items=a["node_items"],
-               children=seq("children", levels - 1), parent=seq("parent", levels),
-               representative=seq("representative", levels),
-               node_embedding=seq("node_embedding", levels))
+    """Reads `save`'s file; IndexFileError (a ValueError) if it is damaged or not an index."""
+    try:
+      with np.load(path) as z:
+        a = {k: z[k] for k in z.files}
+      levels = a["item_path"].shape[1]
+      seq = lambda name, n: tuple(a[f"{name}.{l}"] for l in range(n))
+      return cls(item_path=a["item_path"], codes=a["codes"], node_items=a["node_items"],
+                 children=seq("children", levels - 1), parent=seq("parent", levels),
+                 representative=seq("representative", levels),
+                 node_embedding=seq("node_embedding", levels))
+    except FileNotFoundError:
+      raise
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as err:
+      what = f"missing array {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+      raise IndexFileError(
+          f"published index {path} cannot be read ({what}). It is written at the end of an "
+          f"'hsnn' run: run the same `python -m experiments.train` command on its workdir again "
+          f"(it restores the final checkpoint and rewrites index.npz)") from None

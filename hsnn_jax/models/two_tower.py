@@ -7,7 +7,10 @@ has attributes. User tower, one of:
                  (SimpleX-style behaviour aggregation; the history shares the item id table);
                  history_proj='identity' adds the mean itself (no dense map to train);
   'sequence':    a small causal transformer over the history (SASRec-style), the last position's
-                 output is the user; no user id (sequential protocols generalise across users).
+                 output is the user; no user id (sequential protocols generalise across users);
+  'lightgcn':    user and item id embeddings propagated over the training graph (LightGCN,
+                 hsnn_jax/models/graph.py): both towers are graph towers, the mean of
+                 graph_layers + 1 propagation layers.
 Scores: 'dot' (u . v) or 'cosine' (u . v / |u||v| / temperature).
 """
 
@@ -22,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsnn_jax.models.graph import BipartiteGraph, propagate
 from hsnn_jax.models.scorer import Scorer, UserBatch
 
-USER_TOWERS = ("id", "id_pooled", "sequence")
+USER_TOWERS = ("id", "id_pooled", "sequence", "lightgcn")
 SCORES = ("dot", "cosine")
 HISTORY_PROJS = ("dense", "identity")
 
@@ -44,6 +48,8 @@ class TwoTowerConfig:
   num_heads: int = 2
   max_history: int = 50
   dropout: float = 0.2
+  graph_layers: int = 3  # lightgcn: propagation layers
+
 
   def validate(self) -> "TwoTowerConfig":
     errors = []
@@ -60,11 +66,20 @@ class TwoTowerConfig:
       errors.append(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
     if not self.temperature > 0:
       errors.append(f"temperature={self.temperature}: must be > 0")
+    if self.graph_layers < 0:
+      errors.append(f"graph_layers={self.graph_layers}: must be >= 0")
     if not 0 <= self.dropout < 1:
       errors.append(f"dropout={self.dropout}: must be in [0, 1)")
     if errors:
       raise ValueError("Invalid two-tower config:\n  " + "\n  ".join(errors))
     return self
+
+
+def normalize(x, score: str):
+  """Unit rows [..., D] for cosine scores; x itself for dot products."""
+  if score == "cosine":
+    return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
+  return x
 
 
 class CausalBlock(nn.Module):
@@ -88,10 +103,12 @@ class CausalBlock(nn.Module):
 
 
 class TwoTower(nn.Module):
-  """See module docstring. `item_keys`: [num_items, A] int32 attribute keys, -1 padded, or None."""
+  """See module docstring. `item_keys`: [num_items, A] int32 attribute keys, -1 padded, or None;
+  `graph`: the training graph, required by the 'lightgcn' tower."""
 
   config: TwoTowerConfig
   item_keys: Optional[np.ndarray] = None
+  graph: Optional[BipartiteGraph] = None
 
   def setup(self):
     c = self.config
@@ -99,7 +116,7 @@ class TwoTower(nn.Module):
     self.item_table = nn.Embed(c.num_items, c.embed_dim, embedding_init=init, name="item_id")
     if c.num_attrs > 0:
       self.attr_table = nn.Embed(c.num_attrs, c.embed_dim, embedding_init=init, name="item_attr")
-    if c.user_tower in ("id", "id_pooled"):
+    if c.user_tower in ("id", "id_pooled", "lightgcn"):
       self.user_table = nn.Embed(c.num_users, c.embed_dim, embedding_init=init, name="user_id")
     if c.user_tower == "id_pooled" and c.history_proj == "dense":
       self.history_proj = nn.Dense(c.embed_dim, use_bias=False, name="history_proj")
@@ -123,7 +140,25 @@ class TwoTower(nn.Module):
   def encode_items(self, item_ids):
     """item_ids [N] -> [N, D]."""
     chex.assert_rank(item_ids, 1)
+    if self.config.user_tower == "lightgcn":
+      return self._normalize(self.graph_tables()[1][item_ids])
     return self._normalize(self._item_vectors(item_ids))
+
+  def graph_tables(self):
+    """lightgcn: (users [U, D], items [I, D]) after propagation, before normalisation."""
+    c = self.config
+    if self.graph is None:
+      raise ValueError("user_tower='lightgcn' needs the training graph (TwoTower.graph)")
+    items = self._item_vectors(jnp.arange(c.num_items))
+    return propagate(self.user_table.embedding, items, self.graph, c.graph_layers)
+
+  def corpus_logits(self, users: UserBatch, *, deterministic: bool = True):
+    """[B, I] logits of every user against the whole corpus (one propagation for lightgcn)."""
+    if self.config.user_tower == "lightgcn":
+      tu, ti = self.graph_tables()
+      return self.score(self._normalize(tu[users.user]), self._normalize(ti))
+    items = self._normalize(self._item_vectors(jnp.arange(self.config.num_items)))
+    return self.score(self.encode_users(users, deterministic=deterministic), items)
 
   def encode_positions(self, users: UserBatch, *, deterministic: bool = True):
     """Sequence tower at every position: [B, H, D]; position i has seen history[:, :i+1]."""
@@ -145,6 +180,8 @@ class TwoTower(nn.Module):
     if c.user_tower == "sequence":
       # History is right-aligned: the last slot holds the latest item.
       return self.encode_positions(users, deterministic=deterministic)[:, -1]
+    if c.user_tower == "lightgcn":
+      return self._normalize(self.graph_tables()[0][users.user])
     else:
       u = self.user_table(users.user)
       if c.user_tower == "id_pooled":
@@ -154,9 +191,7 @@ class TwoTower(nn.Module):
     return self._normalize(u)
 
   def _normalize(self, x):
-    if self.config.score == "cosine":
-      return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
-    return x
+    return normalize(x, self.config.score)
 
   def score(self, user_repr, item_repr):
     """[B, D] x [N, D] -> [B, N] logits."""
@@ -169,6 +204,9 @@ class TwoTower(nn.Module):
 
   def __call__(self, users: UserBatch, item_ids, *, deterministic: bool = True):
     """Logits [B, N] of every user against every item in item_ids [N]."""
+    if self.config.user_tower == "lightgcn":  # one propagation for both sides
+      tu, ti = self.graph_tables()
+      return self.score(self._normalize(tu[users.user]), self._normalize(ti[item_ids]))
     return self.score(self.encode_users(users, deterministic=deterministic), self.encode_items(item_ids))
 
 
@@ -179,6 +217,10 @@ def make_scorer(model: TwoTower, params) -> Scorer:
   encode_users = lambda users: model.apply(variables, users, method=TwoTower.encode_users)
   encode_items = lambda ids: model.apply(variables, ids, method=TwoTower.encode_items)
   score = lambda u, v: model.apply(variables, u, v, method=TwoTower.score)
+  if c.user_tower == "lightgcn":  # propagate once; serving reads the propagated tables
+    tu, ti = jax.jit(lambda v: model.apply(v, method=TwoTower.graph_tables))(variables)
+    encode_users = lambda users: normalize(tu[users.user], c.score)
+    encode_items = lambda ids: normalize(ti[ids], c.score)
   if c.user_tower == "sequence":
     per_position = 2 * c.embed_dim * (4 * c.embed_dim + 4 * c.embed_dim)  # qkvo + 2-layer MLP
     per_query = c.num_layers * c.max_history * (per_position + 4 * c.max_history * c.embed_dim)

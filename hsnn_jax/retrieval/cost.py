@@ -12,12 +12,15 @@ Every number is per query unless named otherwise.
     `block_until_ready`; p50/p99 over calls, qps = queries / total time;
   peak memory: the accelerator's peak_bytes_in_use when the backend reports it, else the peak
     resident set size above the starting one, sampled every millisecond from /proc (Linux), else
-    the growth of ru_maxrss (which only moves when the process sets a new high-water mark).
+    the growth of ru_maxrss (which only moves when the process sets a new high-water mark);
+  numerics platform: what decides the floating-point rounding of a run (`numerics_platform`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import resource
 import threading
 import time
@@ -151,3 +154,35 @@ def timed(fn: Callable[..., Any], *args, **kwargs) -> Tuple[Any, float]:
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args, **kwargs))
   return out, time.perf_counter() - start
+
+
+def _cpu_model_and_isa() -> Tuple[str, list]:
+  """(CPU model name, the vector extensions among avx, fma, avx2, avx512f it has), from Linux's
+  /proc/cpuinfo; ('', []) elsewhere."""
+  try:
+    with open("/proc/cpuinfo") as fh:
+      info = fh.read()
+  except OSError:
+    return platform.processor(), []
+  field = lambda name: next((l.split(":", 1)[1].strip() for l in info.splitlines()
+                             if l.startswith(name)), "")
+  flags = set(field("flags").split())
+  return field("model name"), [f for f in ("avx", "fma", "avx2", "avx512f") if f in flags]
+
+
+def numerics_platform() -> dict:
+  """What a run's floating-point results depend on besides the code and the seed: XLA compiles
+  for the host's vector extensions and splits work over its cores, NumPy's BLAS picks kernels by
+  CPU model. Same values here, same bits; any other, other roundings (which training and k-means
+  amplify, so indexes and the figures measured on them move)."""
+  cpu, isa = _cpu_model_and_isa()
+  blas = {}
+  try:
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # NumPy >= 1.26
+  except Exception:  # pylint: disable=broad-except
+    pass
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {"cpu": cpu, "vector_isa": isa, "cores": cores, "backend": jax.default_backend(),
+          "jax": jax.__version__, "numpy": np.__version__,
+          "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}

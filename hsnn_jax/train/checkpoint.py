@@ -15,10 +15,16 @@ Failure modes and what catches them:
 A step that fails either way is moved to `<directory>.unreadable/` and the previous step is
 tried. If checkpoints exist but none is readable (also what a changed model shape looks like)
 `CheckpointError` is raised instead of silently starting over.
+  * a save that fails (full disk, read-only directory): orbax never renames the step into
+    place and deletes no older step, so the finished steps stay intact. The error, raised by
+    save() or, for an async save, by the next save(), wait() or close(), becomes
+    `CheckpointWriteError` (an OSError) naming the step, the directory, the cause and the
+    newest finished step; those calls also check that every started step reached the disk.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -33,6 +39,10 @@ from jax.experimental import multihost_utils
 
 class CheckpointError(RuntimeError):
   """Checkpoints exist but none of them can be restored."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written; the steps finished before it are intact."""
 
 
 class Restored(NamedTuple):
@@ -84,18 +94,52 @@ class Checkpointer:
                                              create=True, enable_async_checkpointing=async_save,
                                              cleanup_tmp_directories=True))
     self._started: set[int] = set()  # steps saved by this object, finalized or still in flight
+    self._unconfirmed: set[int] = set()  # started steps not yet seen finished on disk
 
   def save(self, step: int, state: Any, *, extra: Optional[dict] = None,
            force: bool = False) -> bool:
     """Starts saving `state` at `step` (async unless disabled); False if skipped or present."""
     if step in self._started or step in self._manager.all_steps():
       return False
+    if not (force or self._manager.should_save(step)):
+      return False
+    self.wait()  # orbax waits for the previous save anyway; this also reports if it failed
     meta = {"fingerprint": fingerprint(state), "extra": dict(extra or {})}
-    saved = self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    except Exception as err:  # pylint: disable=broad-except
+      raise self._write_error(step, err) from err
     if saved:
       self._started.add(step)
+      self._unconfirmed.add(step)
     return saved
+
+  def _finished_steps(self) -> list[int]:
+    """Steps whose directory is in place (orbax renames a step there once it is complete)."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+
+  def _write_error(self, step: int, err: Optional[BaseException]) -> CheckpointWriteError:
+    done = [s for s in self._finished_steps() if s != step]
+    cause = (f"{type(err).__name__}: {err}" if err is not None else
+             "its background commit failed, see the orbax error logged above")
+    return CheckpointWriteError(
+        getattr(err, "errno", None) or errno.EIO,
+        f"saving checkpoint step {step} to {self.directory} failed ({cause}); the newest "
+        f"finished checkpoint, step {done[-1] if done else None}, is intact. Free space or fix "
+        f"the directory's permissions, then run the same command again to resume")
+
+  def _confirm(self) -> None:
+    """Raises CheckpointWriteError for a started step that did not reach the disk."""
+    if not self._unconfirmed:
+      return
+    finished = set(self._finished_steps())
+    missing = sorted(self._unconfirmed - finished)
+    self._unconfirmed.clear()
+    if missing:
+      raise self._write_error(missing[0], None)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -149,8 +193,15 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for an async save in flight; CheckpointWriteError if it did not reach the disk."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as err:  # pylint: disable=broad-except
+      step = max(self._unconfirmed, default=-1)
+      self._unconfirmed.clear()
+      raise self._write_error(step, err) from err
+    self._confirm()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()

@@ -10,6 +10,7 @@ from hsnn_jax.index.config import IndexConfig
 from hsnn_jax.models.monn import PRESET_NAMES, MoNNConfig, monn_preset
 from hsnn_jax.models.two_tower import HISTORY_PROJS, SCORES, USER_TOWERS
 from hsnn_jax.train.losses import CCL_NEGATIVES, LOSSES
+from hsnn_jax.train.sampler import SAMPLE_UNITS
 from hsnn_jax.train.task_hsnn import BALANCE_OVER, EVAL_SCORERS, INDEX_SCHEDULE_FIELDS
 from hsnn_jax.train.task_monn import HISTORY_MODES
 from hsnn_jax.train.tasks import MODEL_KINDS
@@ -37,6 +38,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     need(m.embed_dim > 0, "model.embed_dim", m.embed_dim, "a positive int")
     need(m.temperature > 0, "model.temperature", m.temperature, "> 0")
     need(m.history_len > 0, "model.history_len", m.history_len, "a positive int")
+    need(isinstance(m.get("graph_layers", 3), int) and m.get("graph_layers", 3) >= 0,
+         "model.graph_layers", m.get("graph_layers"), "an int >= 0 (lightgcn)")
   if m.kind in ("monn", "hsnn"):
     errors += _monn_family_errors(m, t)
   need(t.loss in LOSSES, "train.loss", t.loss, f"one of {LOSSES}")
@@ -51,12 +54,22 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
          "non-sequence user tower (it is a loss on cosines)")
     need(t.get("ccl_negatives", "uniform") != "uniform" or t.num_negatives > 0,
          "train.num_negatives", t.num_negatives, "> 0 with ccl_negatives='uniform'")
+  if t.loss == "full_softmax":
+    need(m.kind == "two_tower" and (m.get("user_tower") != "sequence"
+                                    or t.get("all_positions", True)),
+         "train.loss", t.loss, "'full_softmax' needs model.kind='two_tower' (a sequence tower "
+         "with train.all_positions)")
+  need(isinstance(t.max_targets, int) and t.max_targets >= 0, "train.max_targets", t.max_targets,
+       "an int >= 0 (0: every window position)")
   need(0 <= t.get("user_weight_power", 0.0) <= 2, "train.user_weight_power",
        t.get("user_weight_power"), "in [0, 2]")
-  need(t.get("user_weight_power", 0.0) == 0 or t.loss in ("softmax", "ccl"),
-       "train.user_weight_power", t.get("user_weight_power"), "0 unless train.loss is softmax or ccl")
+  need(t.get("user_weight_power", 0.0) == 0 or t.loss in ("softmax", "ccl", "full_softmax"),
+       "train.user_weight_power", t.get("user_weight_power"),
+       "0 unless train.loss is softmax, ccl or full_softmax")
   need(isinstance(t.get("exclude_known_negatives", False), bool), "train.exclude_known_negatives",
        t.get("exclude_known_negatives"), "True or False")
+  need(t.get("sample_unit", "pair") in SAMPLE_UNITS, "train.sample_unit", t.get("sample_unit"),
+       f"one of {SAMPLE_UNITS}")
   need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"one of {OPTIMIZERS}")
   need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"one of {SCHEDULES}")
   for f in ("batch_size", "num_steps", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -9,6 +9,13 @@ negatives are drawn in proportion to popularity; subtracting log of each candida
 probability removes that bias. In-batch candidates were drawn with probability q_j (the item's
 share of training pairs) B times; uniform ones with probability 1/I, S times.
 
+Full softmax ('full_softmax') scores every item of the corpus instead of a sample, which is
+cheap at 10^4-10^5 items: each row's user is scored against all I items, and every one of the
+user's training items is a positive against all the items the user never engaged with,
+  loss(u) = mean over positives i of -log(exp(s_ui) / (exp(s_ui) + sum_{j not in P_u} exp(s_uj))),
+so one row trains on all of its user's n_u pairs at the price of one [I] logit row. Sequential
+towers use the plain cross-entropy over all items at every window position (`next_item_full_loss`).
+
 Cosine contrastive loss (CCL, SimpleX, Mao et al., 2021) works on cosines rather than logits:
 (1 - cos(u, i+)) + w * mean over negatives of max(0, cos(u, j) - m); only negatives closer than
 the margin m count, so w and m set how hard the model pushes the nearest wrong items away.
@@ -21,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LOSSES = ("softmax", "bpr", "bce", "ccl")
+LOSSES = ("softmax", "bpr", "bce", "ccl", "full_softmax")
 CCL_NEGATIVES = ("uniform", "all")  # ccl: the S uniform negatives only, or in-batch ones too
 _NEG = -1e9
 
@@ -140,4 +147,49 @@ def next_item_loss(position_reprs, item_reprs_fn, history, positives, negatives,
   neg = neg - jnp.log(negatives.shape[0] / num_items)
   neg = jnp.where(negatives[None, None, :] == targets[..., None], _NEG, neg)  # accidental hits
   per_position = jax.nn.logsumexp(jnp.concatenate([pos[..., None], neg], -1), -1) - pos
+  return jnp.sum(per_position * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def full_softmax_loss(logits, positive_mask, weights=None):
+  """Mean over rows of the mean over the row's positives of -log p(positive | positive and
+  all of the row's non-positives). logits [B, I] over the whole corpus; positive_mask [B, I]
+  bool (rows without a positive count zero); weights [B] or None as in `retrieval_loss`."""
+  chex.assert_equal_shape([logits, positive_mask])
+  neg_lse = jax.nn.logsumexp(jnp.where(positive_mask, _NEG, logits), axis=1, keepdims=True)
+  per_pair = jax.nn.softplus(neg_lse - logits)  # = -log(e^s / (e^s + sum_neg e^s'))
+  count = jnp.sum(positive_mask, 1)
+  per_row = jnp.sum(jnp.where(positive_mask, per_pair, 0.0), 1) / jnp.maximum(count, 1)
+  if weights is None:
+    weights = jnp.ones_like(per_row)
+  return _row_mean(per_row, weights * (count > 0))
+
+
+def items_mask(item_lists, num_items: int):
+  """[B, I] bool: True at each row's items. item_lists [B, L] int32, -1 padded."""
+  rows = jnp.broadcast_to(jnp.arange(item_lists.shape[0])[:, None], item_lists.shape)
+  mask = jnp.zeros((item_lists.shape[0], num_items), bool)
+  return mask.at[rows, jnp.maximum(item_lists, 0)].max(item_lists >= 0)
+
+
+def next_item_full_loss(position_reprs, item_table, history, positives, *, temperature: float,
+                        max_targets: int = 0):
+  """Cross-entropy over the whole corpus at every position of a right-aligned window.
+
+  position_reprs [B, H, D] as in `next_item_loss`; item_table [I, D] every item's repr.
+  max_targets > 0: only the first max_targets real positions (row-major) are scored, as a static
+  [max_targets, I] logit block instead of [B, H, I]: windows are mostly padding when sequences
+  are shorter than H, and the logits are the step's cost. Positions past it are dropped (the
+  loss is then the mean over the kept ones); size it above the batch's usual count.
+  Returns the mean over the scored positions holding a real item.
+  """
+  targets = jnp.concatenate([history[:, 1:], positives[:, None]], axis=1)  # [B, H]
+  valid = (history >= 0) & (targets >= 0)
+  reprs, targets, valid = (position_reprs.reshape(-1, position_reprs.shape[-1]),
+                           targets.reshape(-1), valid.reshape(-1))
+  if 0 < max_targets < valid.shape[0]:
+    keep = jnp.argsort(~valid, stable=True)[:max_targets]  # real positions first
+    reprs, targets, valid = reprs[keep], targets[keep], valid[keep]
+  logits = reprs @ item_table.T / temperature  # [T, I]
+  target_logit = jnp.take_along_axis(logits, jnp.maximum(targets, 0)[:, None], -1)[:, 0]
+  per_position = jax.nn.logsumexp(logits, -1) - target_logit
   return jnp.sum(per_position * valid) / jnp.maximum(jnp.sum(valid), 1.0)

@@ -23,6 +23,10 @@ from hsnn_jax.data.types import CSR, RecDataset, concat_rows
 from hsnn_jax.models.scorer import UserBatch
 
 HISTORY_MODES = ("causal", "full", "none")
+# 'pair': B training pairs uniformly (a user weighs by its pair count); 'user': B users uniformly,
+# each at its last training pair, so a causal window of H + 1 items covers the whole sequence
+# once (SASRec's epoch: every next-item target once, no overlapping windows).
+SAMPLE_UNITS = ("pair", "user")
 
 
 def right_aligned(csr: CSR, max_len: int) -> np.ndarray:
@@ -47,6 +51,8 @@ class DeviceInteractions:
   recent:       [U, H] int32 right-aligned most recent training items.
   item_logq:    [I] float32 log of each item's share of training pairs (in-batch sampling prob).
   user_features:[U, F] int32.
+  last_pairs:   [U'] int32 index of each user's last training pair (users with any pair).
+  sample_unit:  'pair' | 'user', see SAMPLE_UNITS.
   """
 
   users: jax.Array
@@ -56,11 +62,16 @@ class DeviceInteractions:
   recent: jax.Array
   item_logq: jax.Array
   user_features: jax.Array
+  last_pairs: jax.Array
   num_items: int = flax.struct.field(pytree_node=False)
   history_len: int = flax.struct.field(pytree_node=False)
+  sample_unit: str = flax.struct.field(pytree_node=False, default="pair")
 
   @classmethod
-  def from_dataset(cls, ds: RecDataset, history_len: int, max_sequence: int = 0) -> "DeviceInteractions":
+  def from_dataset(cls, ds: RecDataset, history_len: int, max_sequence: int = 0,
+                   sample_unit: str = "pair") -> "DeviceInteractions":
+    if sample_unit not in SAMPLE_UNITS:
+      raise ValueError(f"sample_unit={sample_unit!r}: expected one of {SAMPLE_UNITS}")
     train = ds.train
     lengths = train.lengths()
     seq_len = int(lengths.max()) if max_sequence <= 0 else min(int(lengths.max()), max_sequence)
@@ -77,11 +88,13 @@ class DeviceInteractions:
     item_logq = np.log(np.maximum(counts, 1.0) / max(len(items), 1)).astype(np.float32)
     feats = (ds.user_features if ds.user_features is not None
              else np.zeros((ds.num_users, 0), np.int32))
+    last_pairs = np.flatnonzero(np.append(users[1:] != users[:-1], True)) if len(users) else users
     return cls(users=jnp.asarray(users, jnp.int32), items=jnp.asarray(items, jnp.int32),
                positions=jnp.asarray(positions, jnp.int32), sequences=jnp.asarray(sequences),
                recent=jnp.asarray(right_aligned(train, history_len)), item_logq=jnp.asarray(item_logq),
-               user_features=jnp.asarray(feats, jnp.int32), num_items=ds.num_items,
-               history_len=history_len)
+               user_features=jnp.asarray(feats, jnp.int32),
+               last_pairs=jnp.asarray(last_pairs, jnp.int32), num_items=ds.num_items,
+               history_len=history_len, sample_unit=sample_unit)
 
   @property
   def num_pairs(self) -> int:
@@ -99,9 +112,13 @@ class Batch:
 
 def sample_batch(key: jax.Array, data: DeviceInteractions, batch_size: int, num_negatives: int,
                  history: str) -> Batch:
-  """Draws B training pairs uniformly (with replacement) and S uniform negatives. Jit-safe."""
+  """Draws B training examples (pairs or users, `data.sample_unit`) uniformly with replacement
+  and S uniform negatives. Jit-safe."""
   k_pair, k_neg = jax.random.split(key)
-  idx = jax.random.randint(k_pair, (batch_size,), 0, data.num_pairs)
+  if data.sample_unit == "user":
+    idx = data.last_pairs[jax.random.randint(k_pair, (batch_size,), 0, data.last_pairs.shape[0])]
+  else:
+    idx = jax.random.randint(k_pair, (batch_size,), 0, data.num_pairs)
   users, items, pos = data.users[idx], data.items[idx], data.positions[idx]
   if history == "causal":
     hist = jax.vmap(lambda row, t: jax.lax.dynamic_slice(row, (t,), (data.history_len,)))(

@@ -8,6 +8,7 @@ two-tower baseline, MoNN and HSNN. `build_task(config, dataset)` dispatches on
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.models import two_tower
+from hsnn_jax.models.graph import BipartiteGraph
 from hsnn_jax.models.scorer import Scorer
 from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
@@ -104,6 +106,24 @@ def _next_item_loss(model: two_tower.TwoTower, batch: Batch):
       num_items=c.num_items, temperature=c.temperature if c.score == "cosine" else 1.0)
 
 
+def _next_item_full_loss(model: two_tower.TwoTower, batch: Batch, max_targets: int):
+  """Sequence tower, cross-entropy over the whole corpus at every window position."""
+  c = model.config
+  items = model.encode_items_nd(jnp.arange(c.num_items))
+  return losses.next_item_full_loss(
+      model.encode_positions(batch.users, deterministic=False), items,
+      batch.users.history[:, -c.max_history:], batch.positives,
+      temperature=c.temperature if c.score == "cosine" else 1.0, max_targets=max_targets)
+
+
+def _full_softmax(module, params, batch: Batch, key, data: DeviceInteractions, t):
+  """Every training item of each row's user is a positive against the whole corpus."""
+  logits = module.apply({"params": params}, batch.users, method=two_tower.TwoTower.corpus_logits,
+                        deterministic=False, rngs={"dropout": key})
+  positives = losses.items_mask(data.sequences[batch.users.user], data.num_items)
+  return losses.full_softmax_loss(logits, positives, weights=_row_weights(batch, data, t))
+
+
 def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
   m, t = cfg.model, cfg.train
   use_attrs = bool(m.get("item_attrs", False)) and ds.item_attrs is not None
@@ -113,9 +133,12 @@ def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> Retrieval
       history_proj=m.get("history_proj", "dense"),
       num_attrs=ds.num_attrs if use_attrs else 0, num_layers=m.get("num_layers", 2),
       num_heads=m.get("num_heads", 2), max_history=m.history_len,
-      dropout=m.get("dropout", 0.0)).validate()
-  module = two_tower.TwoTower(mc, item_keys=item_keys_array(ds) if use_attrs else None)
-  history = {"sequence": "causal", "id_pooled": "full", "id": "none"}[mc.user_tower]
+      dropout=m.get("dropout", 0.0), graph_layers=m.get("graph_layers", 3)).validate()
+  graph = BipartiteGraph.from_csr(ds.train, ds.num_items) if mc.user_tower == "lightgcn" else None
+  module = two_tower.TwoTower(mc, item_keys=item_keys_array(ds) if use_attrs else None,
+                              graph=graph)
+  history = {"sequence": "causal", "id_pooled": "full", "id": "none",
+             "lightgcn": "none"}[mc.user_tower]
 
   def init(key, batch: Batch):
     return module.init(key, batch.users, batch.positives)["params"], ()
@@ -123,7 +146,14 @@ def _two_tower_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> Retrieval
   def loss(params, aux, batch: Batch, key, data: DeviceInteractions, step):
     del step
     if mc.user_tower == "sequence" and t.get("all_positions", True):
-      value = module.apply({"params": params}, batch, method=_next_item_loss, rngs={"dropout": key})
+      if t.loss == "full_softmax":
+        per_position = functools.partial(_next_item_full_loss, max_targets=t.max_targets)
+      else:
+        per_position = _next_item_loss
+      value = module.apply({"params": params}, batch, method=per_position, rngs={"dropout": key})
+      return value, ({"loss": value}, aux)
+    if t.loss == "full_softmax":
+      value = _full_softmax(module, params, batch, key, data, t)
       return value, ({"loss": value}, aux)
     candidates = jnp.concatenate([batch.positives, batch.negatives])
     logits = module.apply({"params": params}, batch.users, candidates, deterministic=False,

@@ -48,8 +48,8 @@ from hsnn_jax.parallel import distributed
 from hsnn_jax.parallel import mesh as mesh_lib
 from hsnn_jax.parallel import sharding
 from hsnn_jax.parallel.sampling import make_sampler
-from hsnn_jax.train import config_check
-from hsnn_jax.train.checkpoint import Checkpointer
+from hsnn_jax.train import config_check, workdir_lock
+from hsnn_jax.train.checkpoint import CheckpointError, Checkpointer
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch, user_batch_for_eval
 from hsnn_jax.train.tasks import RetrievalTask, build_task
 from hsnn_jax.train.writer import MetricWriter, write_json_atomic
@@ -70,6 +70,11 @@ class Preempted(Exception):
     super().__init__(f"stopped by SIGTERM after step {step}; state saved in {directory}; "
                      f"run the same command again to resume")
     self.step, self.directory = step, directory
+
+
+# Errors that are the user's to fix (config, data, cache, numerics, disk, a busy workdir): the
+# command-line entry points print them as one line and exit 1, without a traceback.
+USER_ERRORS = (ValueError, OSError, NonFiniteError, CheckpointError, workdir_lock.WorkdirBusy)
 
 
 @flax.struct.dataclass
@@ -284,7 +289,8 @@ def build_training(cfg: ml_collections.ConfigDict) -> TrainingSetup:
   logging.info("%s; %s", ds.summary(), hardware_description(mesh))
   task = build_task(cfg, ds)
   t = cfg.train
-  data = DeviceInteractions.from_dataset(ds, task.history_len, t.get("max_sequence", 0))
+  data = DeviceInteractions.from_dataset(ds, task.history_len, t.get("max_sequence", 0),
+                                         t.get("sample_unit", "pair"))
   init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
   example = sample_batch(train_key, data, t.batch_size, t.num_negatives, task.history)
   params, aux = task.init(init_key, example)
@@ -301,8 +307,17 @@ def build_training(cfg: ml_collections.ConfigDict) -> TrainingSetup:
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) in `workdir`, evaluates, writes results.json; returns the results.
+
+  The workdir is locked for the run (workdir_lock): a second live run on it raises WorkdirBusy.
+  """
   config_check.validate(cfg)  # before anything is written
   mesh_lib.check_config(cfg, jax.device_count(), jax.process_count())
+  with workdir_lock.hold(workdir, distributed.is_primary(), distributed.agree_any):
+    return _train_and_evaluate(cfg, workdir)
+
+
+def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   primary = distributed.is_primary()
   os.makedirs(workdir, exist_ok=True)
   if primary:
