@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from experiments.configs import (beauty_hsnn, beauty_monn_small, beauty_sasrec, gowalla_hsnn,
-                                 gowalla_lightgcn, gowalla_monn_small, tiny, tiny_hsnn, tiny_monn)
+                                 gowalla_monn_small, gowalla_two_tower, tiny, tiny_hsnn, tiny_monn)
 from hsnn_jax.eval import hierarchical
 from hsnn_jax.eval import reference
 from hsnn_jax.train import trainer
@@ -64,8 +64,9 @@ def _on(dataset: str, gowalla: Callable, sequential: Callable) -> ml_collections
 
 
 def two_tower_full(dataset):
-  """The strong bases: LightGCN towers by full softmax (CF), SASRec by full cross-entropy."""
-  return _on(dataset, gowalla_lightgcn, beauty_sasrec)
+  """The strongest measured bases: MF by sampled softmax (CF; the LightGCN full-softmax config
+  measured lower, see README), SASRec by full cross-entropy (sequential)."""
+  return _on(dataset, gowalla_two_tower, beauty_sasrec)
 
 
 def monn_full(preset):
@@ -220,7 +221,7 @@ RETRIEVAL_K = 20
 
 # ---------------------------------------------------------------- running
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
 
 
@@ -264,7 +265,7 @@ def run_dir(runs_dir: str, scale: str, dataset: str, label: str,
   every table with the same row reuses one run, and a changed config never resumes another's
   checkpoints."""
   digest = hashlib.sha256(json.dumps(run_identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
-  return os.path.join(runs_dir, scale, dataset, f"{_slug(label)}-{digest}", f"seed{cfg.seed}")
+  return os.path.join(runs_dir, scale, dataset, f"{slug(label)}-{digest}", f"seed{cfg.seed}")
 
 
 def train_once(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -302,8 +303,8 @@ def _beams(hier: hierarchical.Hierarchy, scale: str) -> Tuple[int, ...]:
   return tuple(min(beams[min(l, len(beams) - 1)], hier.index.num_nodes[l]) for l in range(levels))
 
 
-def _extra_metrics(extra: str, run: trainer.Trained, cfg, scale: str, seed: int,
-                   workdir: str) -> dict:
+def extra_metrics(extra: str, run: trainer.Trained, cfg, scale: str, seed: int,
+                  workdir: str) -> dict:
   make = user_batch_for_eval(run.ds, run.task.history_len, include_valid=True)
   if extra == "hierarchical":
     hier = hierarchical.run_hierarchy(run.task, run.params, run.aux, run.ds.num_items,
@@ -333,7 +334,7 @@ def _extra_metrics(extra: str, run: trainer.Trained, cfg, scale: str, seed: int,
   raise ValueError(f"unknown extra measurement {extra!r}")
 
 
-def _flatten(results: dict) -> dict:
+def flatten_results(results: dict) -> dict:
   """The numbers a table can show from one results.json."""
   out = dict(results["metrics"])
   health = results.get("index_health")
@@ -359,41 +360,73 @@ def run_table(name: str, scale: str, seeds: Sequence[int], runs_dir: str, cache_
         workdir = run_dir(runs_dir, scale, dataset, r.label, cfg)
         results = train_once(cfg, workdir)
         hardware = results["hardware"]
-        values = _flatten(results)
-        if table.extras:
-          run = trainer.load_trained(cfg, workdir)
-          for extra in table.extras:
-            values.update(_extra_metrics(extra, run, cfg, scale, seed, workdir))
-        if "recall@20" in values and "hierarchical" in table.extras:
-          values["exhaustive_recall@20"] = results["metrics"]["recall@20"]
-        per_seed.append(values)
+        extras = measure_extras(table.extras, cfg, workdir, scale, seed)
+        per_seed.append(cell_values(table, results, extras))
       cells.append({"dataset": dataset, "row": r.label, "seeds": list(seeds),
                     "values": per_seed})
-  _relative_latency(cells)
-  columns = list(table.columns)
-  if "ttt" in table.extras:
-    columns = ttt_columns()
+  return summarize(name, scale, datasets, cells, command, versions(), hardware,
+                   _run_commands(name, scale, runs_dir))
+
+
+def table_columns(table: Table) -> List[str]:
+  """The columns a table's report shows (the ttt grid replaces the listed ones)."""
+  return ttt_columns() if "ttt" in table.extras else list(table.columns)
+
+
+def summarize(name: str, scale: str, datasets: Sequence[str], cells: List[dict], command: str,
+              versions_: dict, hardware, run_commands: List[str]) -> dict:
+  """The report of table `name` from its cells ({'dataset', 'row', 'seeds', 'values'}): adds
+  latency relative to two-tower and each cell's mean ± std summary."""
+  table = TABLES[name]
+  relative_latency(cells)
+  columns = table_columns(table)
   for cell in cells:
-    cell["summary"] = {c: _mean_std([v.get(c) for v in cell["values"]]) for c in columns}
+    cell["summary"] = {c: mean_std([v.get(c) for v in cell["values"]]) for c in columns}
   return {"table": name, "title": table.title, "scale": scale, "columns": columns,
           "cells": cells, "note": table.note, "command": command,
-          "run_commands": _run_commands(name, scale, runs_dir),
-          "versions": _versions(), "hardware": hardware,
+          "run_commands": run_commands, "versions": versions_, "hardware": hardware,
           "published": {d: [dataclasses.asdict(p) for p in reference.published_for(d)]
                         for d in datasets}}
 
 
-def _relative_latency(cells: List[dict]) -> None:
-  """latency_vs_two_tower: each seed's serving p50 over the two-tower's on that dataset/seed."""
-  base = {c["dataset"]: c for c in cells if c["row"] == TWO_TOWER.label}
+def measure_extras(names: Sequence[str], cfg: ml_collections.ConfigDict, workdir: str,
+                   scale: str, seed: int) -> dict:
+  """{extra: its numbers} for each extra measurement in `names`, on the run in `workdir`
+  (reloaded from its best checkpoint); {} without loading anything if `names` is empty."""
+  if not names:
+    return {}
+  run = trainer.load_trained(cfg, workdir)
+  return {extra: extra_metrics(extra, run, cfg, scale, seed, workdir) for extra in names}
+
+
+def cell_values(table: Table, results: dict, extras: dict) -> dict:
+  """The numbers one seed of a cell shows: its results.json flattened, then the table's extras
+  (beam-search recall@20 replaces the exhaustive one, which moves to exhaustive_recall@20)."""
+  values = flatten_results(results)
+  if "hierarchical" in table.extras and "hierarchical" not in extras:
+    # Not measured through the index (yet): show no cutoff metric as if it were.
+    values = {k: v for k, v in values.items() if "@" not in k}
+  for extra in table.extras:
+    values.update(extras.get(extra, {}))
+  if "hierarchical" in table.extras and "recall@20" in results["metrics"]:
+    values["exhaustive_recall@20"] = results["metrics"]["recall@20"]
+  return values
+
+
+def relative_latency(cells: List[dict]) -> None:
+  """latency_vs_two_tower: each seed's serving p50 over the two-tower's on that dataset/seed
+  (none where that seed of the two-tower has no latency)."""
+  base = {c["dataset"]: dict(zip(c["seeds"], c["values"]))
+          for c in cells if c["row"] == TWO_TOWER.label}
   for cell in cells:
-    ref = base.get(cell["dataset"])
-    for i, v in enumerate(cell["values"]):
-      if ref and "latency_p50_ms" in v:
-        v["latency_vs_two_tower"] = v["latency_p50_ms"] / ref["values"][i]["latency_p50_ms"]
+    ref = base.get(cell["dataset"], {})
+    for seed, v in zip(cell["seeds"], cell["values"]):
+      ref_ms = ref.get(seed, {}).get("latency_p50_ms")
+      if ref_ms and "latency_p50_ms" in v:
+        v["latency_vs_two_tower"] = v["latency_p50_ms"] / ref_ms
 
 
-def _mean_std(values) -> dict | None:
+def mean_std(values) -> dict | None:
   vals = [float(v) for v in values if isinstance(v, (int, float))]
   if not vals:
     return None
@@ -406,7 +439,7 @@ def _run_commands(name: str, scale: str, runs_dir: str) -> List[str]:
           "config.json (shared by every table with that row)"]
 
 
-def _versions() -> dict:
+def versions() -> dict:
   import flax, optax  # pylint: disable=import-outside-toplevel,multiple-imports
   try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -439,9 +472,14 @@ def markdown(report: dict) -> str:
     lines.append(f"| {cell['dataset']} | {cell['row']} | "
                  + " | ".join(_fmt(cell["summary"][c], c) for c in cols) + " |")
   seeds = report["cells"][0]["seeds"] if report["cells"] else []
-  lines += ["", f"Mean ± std over seeds {seeds}."]
+  if "status" in report:  # a ledger report: each cell over the seeds it has records for
+    lines += ["", f"Mean ± std over each cell's recorded seeds of {report['seeds']}."]
+  else:
+    lines += ["", f"Mean ± std over seeds {seeds}."]
   if report["note"]:
     lines += ["", report["note"]]
+  if report.get("status"):  # a ledger report: which cells are not (or not fully) recorded
+    lines += [""] + [f"- {line}" for line in report["status"]]
   published = [(d, p) for d, rows in report["published"].items() for p in rows]
   if published:
     lines += ["", "Published numbers on the same protocols (quoted, not ours; BENCHMARKS.md):", "",

@@ -74,10 +74,10 @@ def _digests(path):
 
 
 def _outputs(workdir):
-  """What a run leaves that should repeat: results (less the hardware line), logged losses, the
+  """What a run leaves that should repeat: results (less the hardware line and wall time), logged losses, the
   top-K lists, the index (if any) and the fingerprints of the final checkpoint's arrays."""
   results = json.load(open(os.path.join(workdir, "results.json")))
-  del results["hardware"]
+  del results["hardware"], results["wall_seconds"]
   logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   for line in logged:
     line.pop("train/examples_per_sec", None)

@@ -187,4 +187,6 @@ def test_sharded_retrieval_of_a_trained_two_tower_model_with_few_items_per_shard
   scores, ids = sharded_top_k(scorer, users, 20, m, num_items=37)
   ref_scores, ref_ids = exhaustive_top_k(scorer, users, 20, num_items=37)
   np.testing.assert_array_equal(np.asarray(ids), np.asarray(ref_ids))
-  np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5)
+  # atol: cosines near 0 differ in the last float32 bits between the sharded and the single
+  # program (seen on one CPU model: 4e-8 at -0.0031); a relative bound alone cannot hold there.
+  np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5, atol=1e-6)

@@ -318,6 +318,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  started = time.time()
   primary = distributed.is_primary()
   os.makedirs(workdir, exist_ok=True)
   if primary:
@@ -397,6 +398,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("evaluating the best validation checkpoint (step %d)", best_step)
   best_ckpt.close()
   params, aux = sharding.local_view((params, aux))
+  eval_started = time.time()
   result = run_evaluation(task, params, aux, ds, cfg, cfg.eval.split)
   if cfg.eval.get("ne_negatives", 10) > 0:
     result.metrics["ne"] = heldout_ne(
@@ -409,6 +411,9 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {"metrics": result.metrics, "config": json.loads(cfg.to_json_best_effort()),
              "hardware": hardware_description(mesh), "dataset": ds.summary(), "steps": step,
              "split": cfg.eval.split, **task.report(params, aux),
+             # This process only: a resumed run counts from its resume.
+             "wall_seconds": {"total": time.time() - started,
+                              "final_eval": time.time() - eval_started},
              "best_valid": None if stopper.best_step < 0 else {"step": stopper.best_step,
                                                                cfg.eval.selection_metric: stopper.best}}
   if primary:
