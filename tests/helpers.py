@@ -1,4 +1,4 @@
-"""Small shared test fixtures: exact, tie-free dot-product scorers."""
+"""Small shared test fixtures: exact, tie-free dot-product scorers; dotted config overrides."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,3 +23,14 @@ def dot_scorer(users, items, score=None, wrap_encode_users=None):
   return Scorer(encode_users=wrap_encode_users(encode_users) if wrap_encode_users else encode_users,
                 encode_items=lambda ids: jnp.asarray(items)[ids],
                 score=score or (lambda u, v: u @ v.T), flops_per_pair=2 * users.shape[1], name="dot")
+
+
+def set_fields(cfg, overrides):
+  """Sets {'train.num_steps': 10, 'mesh.data': 2, ...} on an ml_collections config; returns it."""
+  for dotted, value in overrides.items():
+    *sections, field = dotted.split(".")
+    node = cfg
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  return cfg

@@ -25,6 +25,7 @@ from experiments.configs import bench_synthetic_100k, tiny, tiny_hsnn
 from hsnn_jax.data import synthetic
 from hsnn_jax.retrieval import beam_search as bs
 from hsnn_jax.train import trainer
+from tests.helpers import set_fields
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHORT = {"train.num_steps": 30, "train.log_every": 10, "train.checkpoint_every": 30,
@@ -44,13 +45,7 @@ def _config(name, cache_dir):
   module, overrides = RUNS[name]
   cfg = module.get_config()
   cfg.cache_dir = str(cache_dir)
-  for dotted, value in overrides.items():
-    *sections, field = dotted.split(".")
-    node = cfg
-    for s in sections:
-      node = node[s]
-    node[field] = value
-  return cfg
+  return set_fields(cfg, overrides)
 
 
 def _flag(value):

@@ -24,6 +24,7 @@ import pytest
 from experiments.configs import tiny
 from hsnn_jax.train import trainer
 from hsnn_jax.train.checkpoint import CheckpointError, Checkpointer
+from tests.helpers import set_fields
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Orbax leaves the other reads of a damaged checkpoint pending; pytest reports them on exit.
@@ -37,13 +38,7 @@ OVERRIDES = {"progress_bar": False, "train.num_steps": 240, "train.checkpoint_ev
 def _config(cache_dir):
   cfg = tiny.get_config()
   cfg.cache_dir = str(cache_dir)
-  for dotted, value in OVERRIDES.items():
-    *sections, name = dotted.split(".")
-    node = cfg
-    for s in sections:
-      node = node[s]
-    node[name] = value
-  return cfg
+  return set_fields(cfg, OVERRIDES)
 
 
 def _start(workdir, cache_dir) -> subprocess.Popen:
