@@ -10,7 +10,11 @@ pairs and trains their users on all of their training items at once against ever
 (train.loss='full_softmax'), so one step covers ~27 pairs per row.
 
 Tuning runs use a validation slice carved from train.txt (never test.txt), in a cache of its own:
-  --config.cache_dir=./cache_valid --config.data.valid_fraction=0.1 --config.eval.split=valid
+  python -m experiments.prepare --dataset=gowalla --manual_dir=../shared/data/lightgcn/gowalla \
+      --cache_dir=./cache_valid --valid_fraction=0.1
+  python -m experiments.train --config=experiments/configs/gowalla_lightgcn.py \
+      --workdir=runs/tune --config.cache_dir=./cache_valid --config.eval.split=valid \
+      --config.train.eval_every=250
 """
 
 from experiments.configs.defaults import base_config

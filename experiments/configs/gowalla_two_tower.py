@@ -4,8 +4,9 @@
   python -m experiments.train --config=experiments/configs/gowalla_two_tower.py --workdir=runs/gowalla_two_tower
 
 Full-corpus Recall@20 / NDCG@20 on test.txt, training items excluded (LightGCN protocol).
-The split has no validation set; `data.valid_fraction > 0` carves one out of train.txt for
-early stopping, at the price of training on less data, so the default trains a fixed schedule.
+The split has no validation set; `experiments.prepare --valid_fraction=F` carves one out of
+train.txt (see gowalla_lightgcn.py), at the price of training on less data, so the default
+trains a fixed schedule.
 
 Training matches the ranking protocol: a user's own training items (its latest model.history_len)
 are never its negatives (train.exclude_known_negatives), since ranking excludes them anyway;
