@@ -129,6 +129,25 @@ def test_evaluate_end_to_end_and_save_topk(split, tmp_path):
     np.testing.assert_array_equal(z["items"], ds.item_ids[result.topk_items])
 
 
+def test_evaluate_on_a_fixed_user_sample():
+  """max_users ranks a seeded sample of the split's users: the same users for the same seed,
+  each with exactly the top items and metrics the full evaluation gives it."""
+  ds = tiny_dataset()
+  users, items = _vectors(6)
+  run = lambda **kw: evaluation.evaluate(dot_scorer(users, items), ds, "test", ks=(5,),
+                                         make_user_batch=make_user_batch, user_chunk=4,
+                                         item_chunk=128, **kw)
+  full, sample = run(), run(max_users=5, seed=3)
+  assert len(sample.users) == 5 and set(sample.users) < set(full.users)
+  np.testing.assert_array_equal(sample.users, run(max_users=5, seed=3).users)
+  rows = np.searchsorted(full.users, sample.users)
+  np.testing.assert_array_equal(sample.topk_items, full.topk_items[rows])
+  truth = CSR.from_lists([ds.test.row(u) for u in sample.users]).to_padded()[0]
+  want = metrics.ranking_metrics(jnp.asarray(full.topk_items[rows]), jnp.asarray(truth), (5,))
+  assert sample.metrics["recall@5"] == pytest.approx(float(want["recall@5"]))
+  np.testing.assert_array_equal(run(max_users=10_000).users, full.users)
+
+
 def test_evaluate_recall_is_one_for_an_oracle_scorer():
   """A scorer that puts each user's test items on top scores recall@10 = hr@10 = ndcg@10 = 1."""
   ds = tiny_dataset()

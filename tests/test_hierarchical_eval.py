@@ -26,14 +26,16 @@ def _dot_hierarchy():
   return scorer, hierarchical.sil_hierarchy(scorer, NUM_ITEMS, NODES, jax.random.PRNGKey(0), 5)
 
 
-def test_full_beams_reproduce_exhaustive_evaluation():
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_full_beams_reproduce_exhaustive_evaluation(precomputed):
+  """Also when the exhaustive top items come precomputed (the trainer's final evaluation)."""
   ds = tiny_dataset()
   scorer, hier = _dot_hierarchy()
-  out = hierarchical.evaluate_hierarchical(hier, ds, make_user_batch,
-                                           beam_widths=hier.index.num_nodes,
-                                           ks=(5, 10), batch_size=4, timing_batches=1)
   exact = evaluation.evaluate(scorer, ds, "test", ks=(5, 10), make_user_batch=make_user_batch,
                               user_chunk=4, item_chunk=128)
+  out = hierarchical.evaluate_hierarchical(
+      hier, ds, make_user_batch, beam_widths=hier.index.num_nodes, ks=(5, 10), batch_size=4,
+      timing_batches=1, exact=exact.topk_items if precomputed else None)
   for name, value in exact.metrics.items():
     assert out[name] == pytest.approx(value), name
   assert out["exactness@5"] == out["exactness@10"] == 1.0

@@ -99,6 +99,51 @@ def test_user_item_loss_reaches_codebooks_only_in_joim(dataset, joim, mode):
     assert norms["codebooks"] == [0.0, 0.0] and norms["item_head"] == 0.0, norms
 
 
+def _level_outputs(cfg, dataset, params, aux, batch, alpha, codes):
+  model = task_hsnn.hsnn_model(cfg.model, dataset, aux.item_keys)
+  candidates = jnp.concatenate([batch.positives, batch.negatives])
+  fixed = None if codes is None else jnp.take(codes, candidates, axis=0)
+  out = jax.jit(lambda p: model.apply({"params": p}, batch.users, candidates, alpha, fixed,
+                                      method=hsnn.HSNN.train_outputs))(params)
+  return out.level_logits, out.level_interaction
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_node_shared_level_scoring_equals_per_pair_scoring(dataset, joim, fixed):
+  """level_scoring='nodes' scores each node once per user and gives each candidate the expected
+  node score; with a fixed index (SIL/EM codes), or assignments made one-hot by a huge alpha
+  (JOIM), that is the per-pair score of the candidate's node, logits and MSE predictions alike."""
+  _, params, aux, batch, _ = joim
+  codes = aux.codes if fixed else None
+  alpha = 1.0 if fixed else 1e7
+  pairs = _level_outputs(small_config(), dataset, params, aux, batch, alpha, codes)
+  nodes = _level_outputs(small_config(level_scoring="nodes"), dataset, params, aux, batch,
+                         alpha, codes)
+  assert nodes[1][0] is not None and nodes[1][1] is None  # level 0 has an interaction head
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), pairs, nodes)
+
+
+def test_node_shared_scoring_is_an_expectation_under_soft_assignments(dataset, joim):
+  """At a soft alpha the node path is the assignment-weighted mean of the per-node scores (not
+  the score of the mean embedding), and the Eq. 4 loss still reaches the codebooks."""
+  _, params, aux, batch, _ = joim
+  cfg = small_config(level_scoring="nodes")
+  model = task_hsnn.hsnn_model(cfg.model, dataset, aux.item_keys)
+  candidates = jnp.concatenate([batch.positives, batch.negatives])
+  out = model.apply({"params": params}, batch.users, candidates, 2.0,
+                    method=hsnn.HSNN.train_outputs)
+  weights = out.quantized.soft[0]  # level 0: the node softs are the level's own softs
+  books = params["quantizer"]["level_0"]["codebook"]
+  node_scores = model.apply({"params": params}, model.apply(
+      {"params": params}, batch.users, 0, method=hsnn.HSNN.encode_level_users),
+      model.apply({"params": params}, books, method=lambda m, v: m.levels[0].encode_nodes(v)),
+      0, method=hsnn.HSNN.score_level)[..., 0]
+  np.testing.assert_allclose(out.level_logits[0][..., 0], node_scores @ weights.T, rtol=1e-4,
+                             atol=1e-5)
+  norms = grad_norms(*built_task(cfg, dataset, (params, aux)))
+  assert all(n > 1e-6 for n in norms["codebooks"]), norms
+
+
 def test_distillation_pulls_toward_an_ema_teacher(dataset, joim):
   cfg = small_config(distill_weight=0.5, ema_decay=0.9)
   _, params, aux, _, _ = joim
@@ -167,6 +212,7 @@ def test_node_keys_are_offset_code_prefixes():
     ("level_loss_weights", (1.0, -1.0), "model.level_loss_weights"),
     ("overrides", {"user_mlp": (0,)}, "model.overrides.user_mlp"),
     ("item_model", "monn_huge", "model.item_model='monn_huge'"),
+    ("level_scoring", "leaves", "model.level_scoring='leaves'"),
 ])
 def test_bad_hsnn_config_is_refused_before_any_data_is_read(tmp_path, field, value, message):
   cfg = small_config("sil", **{field: value})

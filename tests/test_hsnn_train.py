@@ -81,8 +81,11 @@ def train(cfg, ds, after_build=None, chunk: int = 50):
 
 
 @pytest.mark.slow
-def test_joim_recovers_planted_clusters(planted):
+@pytest.mark.parametrize("level_scoring", ["pairs", "nodes"])
+def test_joim_recovers_planted_clusters(planted, level_scoring):
+  """Also with the level scored once per node (the expected node score per candidate)."""
   cfg = dot_product_config(600, 300)
+  cfg.model.level_scoring = level_scoring
   task, params, aux = train(cfg, planted)
   report = task.report(params, aux)
   recovery = report["index_recovery"]["level_0"]
@@ -125,12 +128,19 @@ def _short_run(cfg, tmp_path):
 
 
 def test_trainer_end_to_end_writes_index_health_per_level(tmp_path):
+  """Node-shared level scoring in training; after the exhaustive test evaluation, beam search
+  with every node kept scores every item by the same ensemble: exactly the exhaustive result."""
   cfg = tiny_hsnn.get_config()
   cfg.model.item_model = "two_tower_tiny"
   cfg.model.level_models = ("two_tower_tiny", "two_tower_tiny")
+  cfg.model.level_scoring = "nodes"
   cfg.model.index.start_step = 20
+  cfg.eval.beam_widths = (8, 64)
   cfg.train.num_steps, cfg.train.log_every, cfg.train.checkpoint_every = 40, 10, 20
   results = _short_run(cfg, tmp_path)
+  beam = results["beam_search"]
+  assert beam["items_scored_frac"] == 1.0 and beam["exactness@20"] >= 0.99, beam
+  assert beam["recall@20"] == pytest.approx(results["metrics"]["recall@20"], abs=0.01)
   assert results["index_built_at_step"] == 20
   assert set(results["index_health"]) == {"level_0", "level_1"}
   for l, k in enumerate((8, 64)):

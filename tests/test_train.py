@@ -95,6 +95,9 @@ def test_non_finite_loss_stops_with_last_good_checkpoint_intact(tmp_path):
     ("eval.ks", (0,), "eval.ks"),
     ("train.ccl_margin", 1.5, "train.ccl_margin=1.5"),
     ("train.ccl_negatives", "hard", "train.ccl_negatives='hard'"),
+    ("eval.valid_users", -1, "eval.valid_users=-1"),
+    ("eval.beam_widths", (0,), "eval.beam_widths"),
+    ("train.eval_start", -5, "train.eval_start=-5"),
 ])
 def test_bad_config_is_refused_before_any_data_is_read(tmp_path, field, value, message):
   cfg = _config(tmp_path)

@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0  # 0: no validation during training
   c.train.patience = 0  # validations without improvement before stopping; 0: never stop early
+  c.train.eval_start = 0  # no validation (nor early stopping, best checkpoint) before this step
   c.train.inject_nan_at_step = -1  # fault injection for tests of the NaN guard
   # 'global': the batch drawn from the key, split over mesh.data (same trajectory on any mesh);
   # 'per_shard': each data shard draws its part from fold_in(key, shard) (hsnn_jax/parallel/sampling.py).
@@ -74,6 +75,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.selection_metric = "recall@20"
   c.eval.exclude_train = True
+  # > 0: validation during training (early stopping) ranks a fixed sample of this many users;
+  # the final evaluation always ranks every user of eval.split.
+  c.eval.valid_users = 0
+  # Models with their own index ('hsnn'): after the exhaustive test evaluation, beam search with
+  # these widths (one per index level; () = skip) and at most beam_max_items items scored
+  # (0: every item under the kept leaves); results.json gets 'beam_search' (metrics,
+  # exactness@K against the exhaustive top-K, items scored, latency ratio).
+  c.eval.beam_widths = ()
+  c.eval.beam_max_items = 0
   c.eval.user_chunk = 1024
   c.eval.item_chunk = 16384
   c.eval.ne_negatives = 10  # held-out NE: uniform negatives per positive (hsnn_jax/eval/ne.py); 0 = skip

@@ -2,30 +2,45 @@
 
   python -m experiments.prepare --dataset=gowalla --manual_dir=../shared/data/lightgcn/gowalla
   python -m experiments.train --config=experiments/configs/gowalla_hsnn.py --workdir=runs/gowalla_hsnn
+  python -m experiments.train --config=experiments/configs/gowalla_hsnn.py:accelerator --workdir=runs/gowalla_hsnn_acc
 
-Levels: monn_medium on 64 coarse nodes, monn_small on 64 x 16 = 1024 leaf nodes (about 40 of
-the 40,981 items per leaf when balanced), the item level monn_small (gowalla_monn_small.py's
-model, so the two runs compare the item level alone with the full HSNN). Gowalla has no item
-attributes: the I2IF keys are the items' index nodes, refreshed from the codes after every
-chunk. The item level trains alone for the first 2000 steps, then residual k-means on its item
-embeddings initialises the codebooks and everything trains jointly (on planted clusters,
+Gowalla has no item attributes: the I2IF keys are the items' index nodes, refreshed from the
+codes after every chunk, so here (unlike gowalla_monn_small.py's 'cpu' preset) the item level
+keeps its interaction tower. The item level trains alone first, then residual k-means on its
+item embeddings initialises the codebooks and everything trains jointly (on planted clusters,
 building the index at step 0 from untrained embeddings collapsed to 3 of 8 nodes; see
 task_hsnn.py). results.json gets index_health per level (the issue's bar: no node above 4x the
-mean items at the end of JOIM) and the metrics of the exhaustively scored ensemble.
+mean items at the end of JOIM), the metrics of the exhaustively scored ensemble and, with
+eval.beam_widths, those of beam search through the learned index.
 Other index modes: --config.model.index.mode=sil (or em, with --config.model.index.em_every).
+
+Presets:
+  'cpu' (default): index 32 x 16 = 512 leaves (about 80 of the 40,981 items per leaf when
+        balanced); item level monn_small_lite, levels monn_medium_lite and monn_small_lite
+        (monn.py's public-data sizes), each scored once per (user, node)
+        (model.level_scoring='nodes'); built at step 2,000 of 6,000; beam search 8 x 64.
+  'accelerator': Table 5's monn_small item level, monn_medium / monn_small levels on every
+        (user, candidate) pair, index 64 x 16 = 1024 leaves, built at step 2,000 of 12,000.
 """
 
 from experiments.configs import gowalla_monn_small
 from hsnn_jax.train import task_hsnn
 
 
-def get_config():
-  c = gowalla_monn_small.get_config()
+def get_config(preset: str = "cpu"):
+  c = gowalla_monn_small.get_config(preset)
   c.model = task_hsnn.default_model_config(history="full")  # monn_medium / monn_small levels
-  c.model.index.nodes_per_level = (64, 16)
   c.model.index.mode = "joim"
   c.model.index.start_step = 2000
   c.model.index.index_loss_warmup_steps = 500
   c.model.index.kmeans_iters = 20
   c.model.index.balance_window = 8
+  if preset == "accelerator":
+    c.model.index.nodes_per_level = (64, 16)
+    return c
+  c.model.item_model = "monn_small_lite"
+  c.model.level_models = ("monn_medium_lite", "monn_small_lite")
+  c.model.level_scoring = "nodes"
+  c.model.index.nodes_per_level = (32, 16)
+  c.eval.beam_widths = (8, 64)
   return c

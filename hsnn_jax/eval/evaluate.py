@@ -35,8 +35,8 @@ class EvalResult:
 
 def evaluate(scorer: Scorer, dataset: RecDataset, split: str = "test", ks: Sequence[int] = (10, 20),
              *, make_user_batch: Callable[[np.ndarray], UserBatch], exclude_train: bool = True,
-             exclude_valid: bool = True, user_chunk: int = 256, item_chunk: int = 8192
-             ) -> EvalResult:
+             exclude_valid: bool = True, user_chunk: int = 256, item_chunk: int = 8192,
+             max_users: int = 0, seed: int = 0) -> EvalResult:
   """Ranks the full corpus for every user with truth in `split` and computes ranking metrics.
 
   Args:
@@ -48,6 +48,8 @@ def evaluate(scorer: Scorer, dataset: RecDataset, split: str = "test", ks: Seque
     exclude_train: exclude each user's train items from the ranking.
     exclude_valid: for split='test', also exclude valid items.
     user_chunk, item_chunk: retrieval chunk sizes (memory vs speed).
+    max_users: > 0: a fixed uniform sample of at most this many of those users (the same users
+      for every call with the same `seed`), e.g. for early stopping during training.
 
   Returns:
     An `EvalResult`; metrics names are those of `metrics.ranking_metrics`.
@@ -56,6 +58,8 @@ def evaluate(scorer: Scorer, dataset: RecDataset, split: str = "test", ks: Seque
     raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
   truth_csr = getattr(dataset, split)
   users = np.flatnonzero(truth_csr.lengths() > 0).astype(np.int32)
+  if 0 < max_users < users.shape[0]:
+    users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
   known = ([dataset.train] if exclude_train else []) + (
       [dataset.valid] if split == "test" and exclude_valid and dataset.valid.nnz else [])
   exclude = concat_rows(known, users).to_padded()[0] if known else None

@@ -95,7 +95,8 @@ def _batched(users: np.ndarray, exclude: np.ndarray, batch: int):
 def evaluate_hierarchical(hierarchy: Hierarchy, ds: RecDataset, make_user_batch, *,
                           beam_widths: Sequence[int], ks: Sequence[int] = (20,), split: str = "test",
                           max_items: int = 0, batch_size: int = 256, timing_batches: int = 4,
-                          item_chunk: int = 8192) -> Dict[str, float]:
+                          item_chunk: int = 8192, exact: np.ndarray | None = None
+                          ) -> Dict[str, float]:
   """Beam search for every user with truth in `split`, against exhaustive scoring.
 
   Args:
@@ -108,6 +109,8 @@ def evaluate_hierarchical(hierarchy: Hierarchy, ds: RecDataset, make_user_batch,
     batch_size: queries per beam-search call (fixed: one compilation).
     timing_batches: how many of those batches time beam search and exhaustive scoring side by
       side (after a warm-up call each).
+    exact: [U, >= max(ks)] exhaustive top items of the same users (the order of
+      `evaluate`: users with truth in `split`, ascending), when already computed; else computed.
 
   Returns:
     {'recall@K', 'ndcg@K', ... of the beam results, 'exactness@K', 'items_scored_frac',
@@ -128,8 +131,12 @@ def evaluate_hierarchical(hierarchy: Hierarchy, ds: RecDataset, make_user_batch,
   ids = np.concatenate(ids)
   reference = hierarchy.reference
   corpus = encode_corpus(reference, ds.num_items, item_chunk)
-  _, exact = exhaustive_top_k_for_users(reference, make_user_batch, users, k, num_items=ds.num_items,
-                                        user_chunk=batch_size, exclude=exclude, corpus=corpus)
+  if exact is None:
+    _, exact = exhaustive_top_k_for_users(reference, make_user_batch, users, k,
+                                          num_items=ds.num_items, user_chunk=batch_size,
+                                          exclude=exclude, corpus=corpus)
+  elif exact.shape[0] != users.shape[0] or exact.shape[1] < k:
+    raise ValueError(f"exact must be [{users.shape[0]}, >= {k}], got {exact.shape}")
   truth = concat_rows([truth_csr], users).to_padded()[0]
   out = {name: float(v) for name, v in metrics_lib.ranking_metrics(
       jnp.asarray(ids), jnp.asarray(truth), tuple(ks)).items()}

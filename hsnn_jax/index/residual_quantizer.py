@@ -113,6 +113,38 @@ class ResidualQuantizer(nn.Module):
         reconstruction_loss=loss)
 
 
+def prefix_softs(softs: Sequence[jax.Array]) -> Tuple[jax.Array, ...]:
+  """Per-level soft assignments [B, K_l] -> soft assignments to the code prefixes (the index's
+  nodes) [B, K_0 * ... * K_l]: the product of the levels' probabilities along the prefix,
+  flattened row-major (prefix id = (m_0 * K_1 + m_1) * K_2 + ...)."""
+  joint, out = None, []
+  for soft in softs:
+    joint = soft if joint is None else (joint[:, :, None] * soft[:, None, :]).reshape(
+        soft.shape[0], -1)
+    out.append(joint)
+  return tuple(out)
+
+
+def prefix_vectors(codebooks: Sequence[jax.Array]) -> Tuple[jax.Array, ...]:
+  """Codebooks [K_l, d] -> per level the hard node embeddings of every code prefix
+  [K_0 * ... * K_l, d] (the sum of the codewords along the prefix), in prefix_softs' order."""
+  joint, out = None, []
+  for book in codebooks:
+    joint = book if joint is None else (joint[:, None, :] + book[None, :, :]).reshape(
+        -1, book.shape[-1])
+    out.append(joint)
+  return tuple(out)
+
+
+def prefix_ids(codes: jax.Array, nodes_per_level: Sequence[int]) -> jax.Array:
+  """Hard codes [B, L] -> flat prefix ids [B, L] in prefix_softs' order (traceable)."""
+  ids, prefix = [], jnp.zeros(codes.shape[:1], jnp.int32)
+  for l, k in enumerate(nodes_per_level):
+    prefix = prefix * k + codes[:, l]
+    ids.append(prefix)
+  return jnp.stack(ids, axis=1)
+
+
 def set_codebooks(params, codebooks: Sequence[jax.Array]):
   """Returns ResidualQuantizer params (variables['params']) with 'level_l/codebook' replaced by
   codebooks[l], e.g. from `kmeans.residual_kmeans` (IndexConfig.codebook_init='kmeans').

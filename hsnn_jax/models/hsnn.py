@@ -14,6 +14,8 @@ One Flax module holds every trainable part:
 Training (`train_outputs`): the item level scores the candidate items; index level l scores the
 candidates' SOFT node embeddings c̄_l (the differentiable pseudo-items of the quantizer), so the
 user-item loss reaches the codebooks and the item embedding through the soft assignment (JOIM).
+With `level_scoring='nodes'` level l instead scores every node once per user and gives each
+candidate the expected node score under its soft assignment (HSNNConfig), as serving does.
 Serving (`serving.py`-style helpers below): a node is scored through its REPRESENTATIVE item,
 whose embedding v_rep replaces c̄_l as the node input; every other input is the user's.
 
@@ -37,20 +39,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsnn_jax.index.config import IndexConfig
-from hsnn_jax.index.residual_quantizer import ResidualQuantizer, ResidualQuantizerOutput
+from hsnn_jax.index.residual_quantizer import (ResidualQuantizer, ResidualQuantizerOutput,
+                                               prefix_ids, prefix_softs, prefix_vectors)
 from hsnn_jax.models.flops import NUM_ITEM_FIELDS, count_matmul_flops
 from hsnn_jax.models.monn import MoNN, MoNNConfig, make_scorer
 from hsnn_jax.models.scorer import Scorer, UserBatch
 
 
+LEVEL_SCORING = ("pairs", "nodes")
+
+
 @dataclasses.dataclass(frozen=True)
 class HSNNConfig:
-  """Architecture of an HSNN. level_models[l] is the MoNN of index level l (coarsest first)."""
+  """Architecture of an HSNN. level_models[l] is the MoNN of index level l (coarsest first).
+
+  level_scoring: how training scores index level l for B users x C candidates.
+    'pairs': the level MoNN on every (user, candidate) pair, the candidate entering as its soft
+             node embedding c̄_l (B x C pairs per level).
+    'nodes': the level MoNN once per (user, node) over all prod(K_0..K_l) nodes (hard prefix
+             embeddings), then per candidate the expected score under its soft assignment to the
+             nodes, sum_n p(n | c) s(u, n) (B x N_l pairs, then one [B, N_l] x [N_l, C] matmul).
+             With a fixed index (SIL, EM) or one-hot assignments it equals 'pairs' exactly; the
+             interaction head's MSE uses the candidate's hard node. Serving shares scores per
+             node the same way (ensemble_scorer).
+  """
 
   item_model: MoNNConfig
   level_models: Tuple[MoNNConfig, ...]
   index: IndexConfig
   embed_dim: int = 32  # d, width of the item embedding the index quantizes
+  level_scoring: str = "pairs"
 
   @property
   def num_levels(self) -> int:
@@ -66,6 +84,9 @@ class HSNNConfig:
                        f"index.nodes_per_level {self.index.num_levels}")
     if self.embed_dim < 1:
       raise ValueError(f"HSNNConfig.embed_dim must be >= 1, got {self.embed_dim}")
+    if self.level_scoring not in LEVEL_SCORING:
+      raise ValueError(f"HSNNConfig.level_scoring must be one of {LEVEL_SCORING}, "
+                       f"got {self.level_scoring!r}")
     return self
 
 
@@ -231,6 +252,48 @@ class HSNN(nn.Module):
     rows = [books[f"level_{l}"]["codebook"][codes[:, l]] for l in range(self.config.num_levels)]
     return jnp.cumsum(jnp.stack(rows, axis=1), axis=1)
 
+  def _codebooks(self) -> Tuple[jax.Array, ...]:
+    books = self.variables["params"]["quantizer"]
+    return tuple(books[f"level_{l}"]["codebook"] for l in range(self.config.num_levels))
+
+  def _pair_level_outputs(self, users: UserBatch, nodes: jax.Array):
+    """level_scoring='pairs': nodes [C, L, d] -> L x logits [B, C, T], L x MSE predictions."""
+    logits, predictions = [], []
+    for l, level in enumerate(self.levels):
+      out, pair = level.score_and_interaction(level.encode_users(users),
+                                              level.encode_nodes(nodes[:, l]))
+      logits.append(out)
+      predictions.append(level.predict_item_interaction(pair)
+                         if pair is not None and level.target_ui_size else None)
+    return logits, predictions
+
+  def _node_level_outputs(self, users: UserBatch, quantized: ResidualQuantizerOutput,
+                          codes: Optional[jax.Array]):
+    """level_scoring='nodes' (HSNNConfig): each level's MoNN on B users x all its nodes, then
+    per candidate the expected score under its node assignment (one-hot for fixed `codes`)."""
+    index = self.config.index
+    books = self._codebooks()
+    if codes is not None or index.freeze_codebooks:
+      books = tuple(jax.lax.stop_gradient(b) for b in books)
+    hard = prefix_ids(quantized.codes if codes is None else codes, index.nodes_per_level)
+    softs = prefix_softs(quantized.soft) if codes is None else None
+    logits, predictions = [], []
+    for l, (level, vectors) in enumerate(zip(self.levels, prefix_vectors(books))):
+      node_logits, pair = level.score_and_interaction(level.encode_users(users),
+                                                      level.encode_nodes(vectors))
+      if softs is None:
+        logits.append(jnp.take(node_logits, hard[:, l], axis=1))
+      else:
+        weights = softs[l]
+        if index.straight_through:
+          weights = weights + jax.lax.stop_gradient(
+              jax.nn.one_hot(hard[:, l], weights.shape[1], dtype=weights.dtype) - weights)
+        logits.append(jnp.einsum("bnt,cn->bct", node_logits, weights))
+      predictions.append(
+          jnp.take(level.predict_item_interaction(pair), hard[:, l], axis=1)
+          if pair is not None and level.target_ui_size else None)
+    return logits, predictions
+
   def train_outputs(self, users: UserBatch, candidates: jax.Array, alpha,
                     codes: Optional[jax.Array] = None) -> HSNNTrainOutput:
     """Every level on B users x C candidate items; alpha: the assignment temperature.
@@ -251,16 +314,13 @@ class HSNN(nn.Module):
     u = self._embed(self.user_head, user.tower)
     v = self._embed(self.item_head, item.tower)
     quantized = self.quantizer(v, alpha)
-    nodes = quantized.node_embeddings
-    if codes is not None:
-      nodes = jax.lax.stop_gradient(self.hard_node_embeddings(codes))
-    level_logits, level_interaction = [], []
-    for l, level in enumerate(self.levels):
-      logits, pair = level.score_and_interaction(level.encode_users(users),
-                                                 level.encode_nodes(nodes[:, l]))
-      level_logits.append(logits)
-      level_interaction.append(level.predict_item_interaction(pair)
-                               if pair is not None and level.target_ui_size else None)
+    if self.config.level_scoring == "nodes":
+      level_logits, level_interaction = self._node_level_outputs(users, quantized, codes)
+    else:
+      nodes = quantized.node_embeddings
+      if codes is not None:
+        nodes = jax.lax.stop_gradient(self.hard_node_embeddings(codes))
+      level_logits, level_interaction = self._pair_level_outputs(users, nodes)
     stacked = jnp.stack([*level_logits, item_logits], axis=-1)
     ensemble = jnp.einsum("bctl,l->bct", jax.lax.stop_gradient(stacked), self.ensemble)
     return HSNNTrainOutput(item_logits=item_logits, item_interaction=item_interaction,

@@ -114,6 +114,17 @@ _PRESETS = {
         dim_ui=96, field_dim=64, user_mlp=(2048, 1024), item_mlp=(512, 256), ui_mlp=(128,),
         overarch_layers=3, overarch_dim=64, overarch_tokens=8, overarch_token_dim=32),
 }
+# Public-data sizes for a CPU budget [ours]: Table 5's embedding counts and tower widths, with
+# the per-pair work cut (measured on Beauty, README "Training cost"): narrower fields, interaction
+# and OverArch state, one OverArch layer, and no key-matched history pool (the I2IF feature whose
+# [B, N, H, A, A] key comparison dominated full-corpus scoring).
+_LITE = dict(ui_mlp=(), overarch_layers=1, overarch_tokens=2, i2if_history_pool=False)
+_PRESETS["monn_small_lite"] = dataclasses.replace(
+    _PRESETS["monn_small"], name="monn_small_lite", field_dim=16, dim_ui=16, overarch_dim=16,
+    **_LITE)
+_PRESETS["monn_medium_lite"] = dataclasses.replace(
+    _PRESETS["monn_medium"], name="monn_medium_lite", field_dim=24, dim_ui=24, overarch_dim=24,
+    **_LITE)
 PRESET_NAMES = tuple(_PRESETS)
 
 

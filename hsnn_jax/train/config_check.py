@@ -7,6 +7,7 @@ import dataclasses
 import ml_collections
 
 from hsnn_jax.index.config import IndexConfig
+from hsnn_jax.models.hsnn import LEVEL_SCORING
 from hsnn_jax.models.monn import PRESET_NAMES, MoNNConfig, monn_preset
 from hsnn_jax.models.two_tower import HISTORY_PROJS, SCORES, USER_TOWERS
 from hsnn_jax.train.losses import CCL_NEGATIVES, LOSSES
@@ -80,6 +81,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   need(0 <= t.warmup_steps < t.num_steps, "train.warmup_steps", t.warmup_steps, "in [0, num_steps)")
   need(t.eval_every >= 0, "train.eval_every", t.eval_every, ">= 0 (0: no validation)")
   need(t.patience >= 0, "train.patience", t.patience, ">= 0 (0: no early stopping)")
+  need(isinstance(t.eval_start, int) and 0 <= t.eval_start <= t.num_steps, "train.eval_start",
+       t.eval_start, "an int in [0, num_steps]")
   need(len(e.ks) > 0 and all(isinstance(k, int) and k > 0 for k in e.ks), "eval.ks", e.ks,
        "positive ints")
   need(e.split in ("test", "valid"), "eval.split", e.split, "'test' or 'valid'")
@@ -87,6 +90,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
        "eval.selection_metric", e.selection_metric, "e.g. 'recall@20'")
   for f in ("user_chunk", "item_chunk"):
     need(e[f] > 0, f"eval.{f}", e[f], "a positive int")
+  need(all(isinstance(w, int) and w > 0 for w in e.beam_widths), "eval.beam_widths",
+       e.beam_widths, "positive ints, one per index level")
+  need(isinstance(e.beam_max_items, int) and e.beam_max_items >= 0, "eval.beam_max_items",
+       e.beam_max_items, "an int >= 0")
+  need(isinstance(e.valid_users, int) and e.valid_users >= 0, "eval.valid_users", e.valid_users,
+       "an int >= 0 (0: every validation user)")
   need(e.get("ne_negatives", 10) >= 0, "eval.ne_negatives", e.get("ne_negatives"),
        ">= 0 (0: no NE)")
   if errors:
@@ -188,4 +197,6 @@ def _monn_family_errors(m, t) -> list:
        f"one of {EVAL_SCORERS}")
   need(m.get("balance_over") in BALANCE_OVER, "model.balance_over", m.get("balance_over"),
        f"one of {BALANCE_OVER}")
+  need(m.level_scoring in LEVEL_SCORING, "model.level_scoring", m.level_scoring,
+       f"one of {LEVEL_SCORING}")
   return errors + _index_errors(m.index, t)

@@ -69,7 +69,7 @@ from hsnn_jax.index.health import index_health, nmi, purity
 from hsnn_jax.index.kmeans import residual_kmeans
 from hsnn_jax.index.publish import prefix_node_ids, publish_index
 from hsnn_jax.index.published import PublishedIndex
-from hsnn_jax.index.residual_quantizer import get_codebooks, set_codebooks
+from hsnn_jax.index.residual_quantizer import get_codebooks, prefix_softs, set_codebooks
 from hsnn_jax.index.schedule import alpha_schedule, index_loss_weight
 from hsnn_jax.models import hsnn
 from hsnn_jax.retrieval.beam_search import (encode_ids, item_level_scorer,
@@ -98,6 +98,9 @@ def default_model_config(**fields) -> ml_collections.ConfigDict:
   m.max_item_keys = 0
   m.node_key_limit = 65536  # attribute-free data: levels with more possible nodes give no key
   m.embed_dim = 32  # d of the item embedding the index quantizes (unit norm)
+  # 'pairs': each level's MoNN on every (user, candidate) pair; 'nodes': once per (user, node),
+  # then the expected score under each candidate's soft assignment (hsnn.HSNNConfig)
+  m.level_scoring = "pairs"
   m.embed_temperature = 0.1  # <u, v> / temperature in the embedding loss
   m.embedding_loss_weight = 1.0
   m.level_loss_weights = ()  # one per index level; () = all 1
@@ -125,7 +128,7 @@ def hsnn_config(m: ml_collections.ConfigDict) -> hsnn.HSNNConfig:
   return hsnn.HSNNConfig(
       item_model=monn_config(m.item_model, m.overrides, num_tasks=1),
       level_models=tuple(monn_config(p, m.overrides, num_tasks=1) for p in m.level_models),
-      index=index_config(m), embed_dim=m.embed_dim).validate()
+      index=index_config(m), embed_dim=m.embed_dim, level_scoring=m.level_scoring).validate()
 
 
 def level_loss_weights(m: ml_collections.ConfigDict) -> Tuple[float, ...]:
@@ -165,17 +168,6 @@ class HSNNAux:
   index_start: jax.Array
   last_cluster: jax.Array
   teacher: Any
-
-
-def node_softs(softs):
-  """Per-level soft assignments [B, K_l] -> soft assignments to the code prefixes
-  [B, K_0 * ... * K_l] (the product of the levels' probabilities along the prefix)."""
-  joint, out = None, []
-  for soft in softs:
-    joint = soft if joint is None else (joint[:, :, None] * soft[:, None, :]).reshape(
-        soft.shape[0], -1)
-    out.append(joint)
-  return tuple(out)
 
 
 def balance_widths(m: ml_collections.ConfigDict) -> Tuple[int, ...]:
@@ -316,7 +308,7 @@ def hsnn_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
     rows = slice(batch.positives.shape[0], None) if batch.negatives.shape[0] else slice(None)
     softs = [soft[rows] for soft in out.quantized.soft]
     balance, windows = balance_lib.balance_loss_and_update(
-        aux.windows, node_softs(softs) if m.balance_over == "nodes" else softs)
+        aux.windows, prefix_softs(softs) if m.balance_over == "nodes" else softs)
     on = started.astype(jnp.float32)
     w_index = on * index_loss_weight(since, ic.index_loss_warmup_steps, ic.index_loss_weight)
     index_term = sum(w * l for w, l in zip(weights, level_losses))

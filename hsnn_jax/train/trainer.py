@@ -42,6 +42,7 @@ from jax.experimental import multihost_utils
 from hsnn_jax.data import cache
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.eval import evaluate as evaluation
+from hsnn_jax.eval import hierarchical
 from hsnn_jax.eval import reference
 from hsnn_jax.eval.ne import heldout_ne
 from hsnn_jax.parallel import distributed
@@ -169,11 +170,35 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict,
                  out_shardings=(state_sharding, everywhere))
 
 
-def run_evaluation(task, params, aux, ds: RecDataset, cfg, split: str):
+def run_evaluation(task, params, aux, ds: RecDataset, cfg, split: str, max_users: int = 0):
+  """Full-corpus ranking metrics of `split`; max_users > 0: a fixed sample of that many users."""
   make_users = user_batch_for_eval(ds, task.history_len, include_valid=(split == "test"))
   return evaluation.evaluate(task.scorer(params, aux), ds, split=split, ks=tuple(cfg.eval.ks),
                              make_user_batch=make_users, exclude_train=cfg.eval.exclude_train,
-                             user_chunk=cfg.eval.user_chunk, item_chunk=cfg.eval.item_chunk)
+                             user_chunk=cfg.eval.user_chunk, item_chunk=cfg.eval.item_chunk,
+                             max_users=max_users, seed=cfg.seed)
+
+
+def beam_search_metrics(task, params, aux, ds: RecDataset, cfg,
+                        exhaustive: evaluation.EvalResult) -> dict:
+  """eval.beam_widths set and the task has its own index ('hsnn'): beam search for the users of
+  `exhaustive`, its metrics, exactness against `exhaustive`'s top items, items scored and
+  latency beside exhaustive scoring (eval/hierarchical.py). {} otherwise."""
+  widths = tuple(cfg.eval.beam_widths)
+  if not widths or task.hierarchy is None:
+    return {}
+  hier = task.hierarchy(params, aux)
+  if len(widths) != hier.index.num_levels:
+    raise ValueError(f"eval.beam_widths={widths}: one width per index level "
+                     f"({hier.index.num_levels})")
+  widths = tuple(min(w, n) for w, n in zip(widths, hier.index.num_nodes))
+  out = hierarchical.evaluate_hierarchical(
+      hier, ds, user_batch_for_eval(ds, task.history_len, include_valid=cfg.eval.split == "test"),
+      beam_widths=widths, ks=tuple(cfg.eval.ks), split=cfg.eval.split,
+      max_items=cfg.eval.beam_max_items, batch_size=cfg.eval.user_chunk,
+      item_chunk=cfg.eval.item_chunk, exact=exhaustive.topk_items)
+  out["beam_widths"] = ",".join(map(str, widths))
+  return out
 
 
 class _EarlyStopping:
@@ -371,9 +396,9 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       metrics["examples_per_sec"] = n * t.batch_size / max(time.time() - start, 1e-9)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}")
       writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
-      if use_valid and step % t.eval_every == 0:
+      if use_valid and step % t.eval_every == 0 and step >= t.eval_start:
         result = run_evaluation(task, *sharding.local_view((state.params, state.aux)), ds, cfg,
-                                "valid")
+                                "valid", max_users=cfg.eval.valid_users)
         writer.write(step, {f"valid/{k}": v for k, v in result.metrics.items()})
         if stopper.update(step, result.metrics[cfg.eval.selection_metric]):
           best_ckpt.save(step, (state.params, state.aux), force=True)
@@ -406,14 +431,21 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         user_batch_for_eval(ds, task.history_len, include_valid=(cfg.eval.split == "test")),
         cfg.eval.split, negatives_per_positive=cfg.eval.get("ne_negatives", 10), seed=cfg.seed,
         user_chunk=cfg.eval.user_chunk)
+  eval_seconds, beam_started = time.time() - eval_started, time.time()
+  beam = beam_search_metrics(task, params, aux, ds, cfg, result)
   writer.write(step, {f"{cfg.eval.split}/{k}": v for k, v in result.metrics.items()})
+  if beam:
+    writer.write(step, {f"{cfg.eval.split}/beam/{k}": v for k, v in beam.items()
+                        if k != "beam_widths"})
   writer.close()
   results = {"metrics": result.metrics, "config": json.loads(cfg.to_json_best_effort()),
              "hardware": hardware_description(mesh), "dataset": ds.summary(), "steps": step,
              "split": cfg.eval.split, **task.report(params, aux),
+             **({"beam_search": beam} if beam else {}),
              # This process only: a resumed run counts from its resume.
              "wall_seconds": {"total": time.time() - started,
-                              "final_eval": time.time() - eval_started},
+                              "final_eval": eval_seconds,
+                              **({"beam_search": time.time() - beam_started} if beam else {})},
              "best_valid": None if stopper.best_step < 0 else {"step": stopper.best_step,
                                                                cfg.eval.selection_metric: stopper.best}}
   if primary:
@@ -424,6 +456,9 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     print(format_metrics(f"{cfg.dataset} {cfg.eval.split}, {len(result.users)} users, full corpus",
                          result.metrics))
     print(reference.format_comparison(cfg.dataset, result.metrics))
+    if beam:
+      print(format_metrics(f"beam search through the learned index, widths {beam['beam_widths']}",
+                           {k: v for k, v in beam.items() if k != "beam_widths"}))
   return results
 
 
