@@ -106,8 +106,8 @@ def measure(path: str, peaks: tuple[float, float]) -> None:
   if _BATCH.value:
     cfg.train.batch_size = _BATCH.value
   for item in _SET.value:
-    path, _, value = item.partition("=")
-    *parents, name = path.split(".")
+    dotted, _, value = item.partition("=")
+    *parents, name = dotted.split(".")
     node = cfg
     for parent in parents:
       node = node[parent]

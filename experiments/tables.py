@@ -250,13 +250,22 @@ def cell_config(table: Table, r: Row, scale: str, dataset: str, seed: int,
 
 # Config fields that say where data lives or how a run reports, not what it trains.
 _NOT_IDENTITY = ("cache_dir", "progress_bar")
+# Fields added after runs were recorded, with the value that reproduces the old behaviour: at that
+# value a field is left out of the identity, so a record made before it existed still matches.
+_ADDED_FIELDS = {("eval", "valid_users"): 0, ("eval", "beam_widths"): [],
+                 ("eval", "beam_max_items"): 0, ("train", "eval_start"): 0,
+                 ("model", "level_scoring"): "pairs"}
 
 
 def run_identity(cfg: ml_collections.ConfigDict | dict) -> dict:
-  """The config (or its JSON dict, as in results.json) without _NOT_IDENTITY: two runs with the
-  same identity train the same model, so a moved cache or a progress bar does not orphan a
-  finished run."""
-  as_dict = cfg if isinstance(cfg, dict) else json.loads(cfg.to_json_best_effort())
+  """The config (or its JSON dict, as in results.json) without _NOT_IDENTITY, and without the
+  _ADDED_FIELDS at their old-behaviour values: two runs with the same identity train the same
+  model, so a moved cache or a progress bar does not orphan a finished run."""
+  as_dict = json.loads(json.dumps(cfg)) if isinstance(cfg, dict) else json.loads(
+      cfg.to_json_best_effort())
+  for (section, field), old in _ADDED_FIELDS.items():
+    if as_dict.get(section, {}).get(field, old) == old:
+      as_dict.get(section, {}).pop(field, None)
   return {k: v for k, v in as_dict.items() if k not in _NOT_IDENTITY}
 
 

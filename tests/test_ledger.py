@@ -116,6 +116,12 @@ def test_changed_config_is_stale_and_never_reused_but_cosmetic_fields_are_not(tm
   b.progress_bar, b.eval.ks = True, (1, 2, 3)
   assert ledger.config_hash(a) == ledger.config_hash(b) and not ledger.config_diff(
       json.loads(b.to_json_best_effort()), a)
+  # A record made before a field existed matches while the field keeps its old-behaviour value.
+  old = json.loads(a.to_json_best_effort())
+  del old["eval"]["valid_users"], old["train"]["eval_start"]
+  assert ledger.config_hash(old) == ledger.config_hash(a)
+  a.eval.valid_users = 1000
+  assert ledger.config_diff(old, a) == ["eval.valid_users: '<absent>' -> 1000"]
   # A record whose metrics lack a cutoff the table shows is stale too.
   _record(tmp_path, "tiger_protocol", "two-tower", "beauty", 0, {"recall@10": 0.1})
   cell, = ledger.table_cells("tiger_protocol", str(tmp_path), [0], ["beauty"], ["two_tower"])

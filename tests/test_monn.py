@@ -61,7 +61,11 @@ def test_preset_output_shapes(name):
   assert jax.eval_shape(method_fns(model)[2], params, user, item).shape == (3, 6, 2)
   if config.num_embed_ui:
     assert user.profile.shape == (3, 4) and item.keys.shape == (6, 3)
-    assert user.hist_keys.shape == (3, 4, 3) and user.hist_emb.shape == (3, 4, config.field_dim)
+    if config.i2if_history_pool:
+      assert user.hist_keys.shape == (3, 4, 3)
+      assert user.hist_emb.shape == (3, 4, config.field_dim)
+    else:
+      assert user.hist_keys is None and user.hist_emb is None
     pair = jax.eval_shape(lambda p, u, i: model.apply({"params": p}, u, i,
                                                       method=MoNN.interaction), params, user, item)
     assert pair.shape == (3, 6, config.num_embed_ui, config.dim_ui)
@@ -81,12 +85,27 @@ def test_flop_formulas_match_traced_matmuls(name):
   assert count(score, params, user, item) == 3 * 6 * want.per_pair
 
 
+def _flops(name):
+  return flops_lib.monn_flops(monn.monn_preset(name), num_user_features=2, num_key_slots=3,
+                              history_len=20)
+
+
 def test_flops_grow_with_preset_size():
-  costs = [flops_lib.monn_flops(monn.monn_preset(name), num_user_features=2, num_key_slots=3,
-                                history_len=20) for name in monn.PRESET_NAMES]
+  table5 = [name for name in monn.PRESET_NAMES if not name.endswith("_lite")]
+  costs = [_flops(name) for name in table5]
   for smaller, larger in zip(costs, costs[1:]):
     assert larger.per_pair > smaller.per_pair and larger.per_query > smaller.per_query
   assert costs[0].per_pair == 2 * 40  # the two-tower dot product
+
+
+@pytest.mark.parametrize("base", ["monn_small", "monn_medium"])
+def test_public_data_sizes_cut_the_per_pair_work(base):
+  """The *_lite presets keep Table 5's embedding counts and cut the per-pair work (what
+  full-corpus scoring pays per item) at least five-fold."""
+  lite, full = monn.monn_preset(f"{base}_lite"), monn.monn_preset(base)
+  for field in ("num_embed_user", "num_embed_item", "num_embed_ui", "user_mlp", "item_mlp"):
+    assert getattr(lite, field) == getattr(full, field), field
+  assert 5 * _flops(f"{base}_lite").per_pair < _flops(base).per_pair
 
 
 def test_flops_hand_count_on_tiny_config():

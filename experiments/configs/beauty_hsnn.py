@@ -14,7 +14,7 @@ Presets:
         balanced); the public-data sizes of monn.py: item level monn_small_lite, levels
         monn_medium_lite (16 nodes) and monn_small_lite (256 leaves), each scored once
         per (user, node) and given to the candidates as the expected node score under their soft
-        assignment (model.level_scoring='nodes'); the index is built at step 1,000 of 4,000;
+        assignment (model.level_scoring='nodes'); the index is built at step 1,000 of 3,000;
         after the exhaustive test evaluation, beam search keeping 4 of 16 coarse nodes and 32
         of 256 leaves, at most 2,048 items scored (results.json 'beam_search': metrics,
         exactness, items scored, latency).

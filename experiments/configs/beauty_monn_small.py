@@ -14,7 +14,7 @@ over every user.
 Presets:
   'cpu' (default): sized for the 2-core budget of a run in minutes: MoNN Small's public-data
         size (monn_small_lite: Table 5's embedding counts, narrower per-pair work, see monn.py),
-        128 examples x (128 in-batch + 512 uniform) candidates per step, 4,000 steps,
+        128 examples x (128 in-batch + 256 uniform) candidates per step, 3,000 steps,
         validation on 1,000 users.
   'accelerator': MoNN Small of HSNN Table 5, 256 x (256 + 1024) candidates, 6,000 steps,
         validation on every user.
@@ -41,8 +41,8 @@ def get_config(preset: str = "cpu"):
   c.model.preset = "monn_small_lite"
   c.model.history_len = 20  # Beauty sequences average ~9 items (as beauty_two_tower.py)
   c.train.batch_size = 128
-  c.train.num_negatives = 512
-  c.train.num_steps = 4000
+  c.train.num_negatives = 256
+  c.train.num_steps = 3000
   c.train.log_every = 100
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
