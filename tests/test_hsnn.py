@@ -221,3 +221,11 @@ def test_bad_hsnn_config_is_refused_before_any_data_is_read(tmp_path, field, val
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
     trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "cache")
+
+
+def test_beam_widths_need_one_per_index_level_before_any_data_is_read(tmp_path):
+  cfg = small_config()
+  cfg.dataset, cfg.cache_dir = "no_such_dataset", str(tmp_path / "cache")
+  cfg.eval.beam_widths = (2,)
+  with pytest.raises(ValueError, match=r"eval.beam_widths=\(2,\): one width per index level \(2"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "run"))

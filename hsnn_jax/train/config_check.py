@@ -92,6 +92,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     need(e[f] > 0, f"eval.{f}", e[f], "a positive int")
   need(all(isinstance(w, int) and w > 0 for w in e.beam_widths), "eval.beam_widths",
        e.beam_widths, "positive ints, one per index level")
+  if m.kind == "hsnn" and e.beam_widths:
+    levels = len(tuple(m.index.nodes_per_level))
+    need(len(e.beam_widths) == levels, "eval.beam_widths", e.beam_widths,
+         f"one width per index level ({levels}, from model.index.nodes_per_level)")
   need(isinstance(e.beam_max_items, int) and e.beam_max_items >= 0, "eval.beam_max_items",
        e.beam_max_items, "an int >= 0")
   need(isinstance(e.valid_users, int) and e.valid_users >= 0, "eval.valid_users", e.valid_users,
