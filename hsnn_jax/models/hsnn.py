@@ -248,11 +248,11 @@ class HSNN(nn.Module):
   def hard_node_embeddings(self, codes: jax.Array) -> jax.Array:
     """Codes [N, L] -> [N, L, d]: the cumulative sums of the hard codewords (node embeddings of
     a fixed index). Call after the quantizer has run (its params exist)."""
-    books = self.variables["params"]["quantizer"]
-    rows = [books[f"level_{l}"]["codebook"][codes[:, l]] for l in range(self.config.num_levels)]
+    rows = [book[codes[:, l]] for l, book in enumerate(self._codebooks())]
     return jnp.cumsum(jnp.stack(rows, axis=1), axis=1)
 
   def _codebooks(self) -> Tuple[jax.Array, ...]:
+    """The quantizer's codebooks [K_l, d], coarsest first (after the quantizer has run)."""
     books = self.variables["params"]["quantizer"]
     return tuple(books[f"level_{l}"]["codebook"] for l in range(self.config.num_levels))
 
