@@ -77,7 +77,7 @@ from hsnn_jax.index.publish import top_members
 from hsnn_jax.models import monn as monn_lib
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval import beam_search as bs
-from hsnn_jax.retrieval import cost
+from hsnn_jax.eval import cost
 from hsnn_jax.retrieval import peers
 from hsnn_jax.retrieval.exhaustive import encode_corpus, exhaustive_top_k, mean_item_scores
 from hsnn_jax.retrieval.two_stage import TwoStage

@@ -252,9 +252,11 @@ def cell_config(table: Table, r: Row, scale: str, dataset: str, seed: int,
 _NOT_IDENTITY = ("cache_dir", "progress_bar")
 # Fields added after runs were recorded, with the value that reproduces the old behaviour: at that
 # value a field is left out of the identity, so a record made before it existed still matches.
+# Fields added after runs were recorded, at the value that reproduces the old behaviour (JOIM
+# refreshed its codes after every chunk: every 100 steps at the default log cadence).
 _ADDED_FIELDS = {("eval", "valid_users"): 0, ("eval", "beam_widths"): [],
                  ("eval", "beam_max_items"): 0, ("train", "eval_start"): 0,
-                 ("model", "level_scoring"): "pairs"}
+                 ("model", "level_scoring"): "pairs", ("model", "index", "refresh_every"): 100}
 
 
 def run_identity(cfg: ml_collections.ConfigDict | dict) -> dict:
@@ -263,9 +265,12 @@ def run_identity(cfg: ml_collections.ConfigDict | dict) -> dict:
   model, so a moved cache or a progress bar does not orphan a finished run."""
   as_dict = json.loads(json.dumps(cfg)) if isinstance(cfg, dict) else json.loads(
       cfg.to_json_best_effort())
-  for (section, field), old in _ADDED_FIELDS.items():
-    if as_dict.get(section, {}).get(field, old) == old:
-      as_dict.get(section, {}).pop(field, None)
+  for (*sections, field), old in _ADDED_FIELDS.items():
+    parent = as_dict
+    for section in sections:
+      parent = parent.get(section) if isinstance(parent, dict) else None
+    if isinstance(parent, dict) and parent.get(field, old) == old:
+      parent.pop(field, None)
   return {k: v for k, v in as_dict.items() if k not in _NOT_IDENTITY}
 
 

@@ -10,7 +10,7 @@ import pytest
 from hsnn_jax.index.publish import publish_index, top_members
 from hsnn_jax.models.scorer import UserBatch
 from hsnn_jax.retrieval import beam_search as bs
-from hsnn_jax.retrieval.cost import exactness_at_k
+from hsnn_jax.eval.cost import exactness_at_k
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k
 from tests import helpers
 from tests.helpers import dot_scorer

@@ -12,6 +12,7 @@ import pytest
 
 from experiments.configs import tiny_hsnn
 from hsnn_jax.data import synthetic
+from hsnn_jax.index import lifecycle
 from hsnn_jax.index.publish import prefix_node_ids
 from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.models import hsnn
@@ -62,7 +63,7 @@ def built_task(cfg, ds, params_aux=None):
                        cfg.train.num_negatives, task.history)
   params, aux = params_aux or task.init(jax.random.PRNGKey(0), batch)
   params, aux = task.between_chunks(1, params, aux)
-  assert int(aux.index_start) >= 0
+  assert int(aux.index.built_at) >= 0
   return task, params, aux, batch, data
 
 
@@ -89,7 +90,7 @@ def test_user_item_loss_reaches_codebooks_only_in_joim(dataset, joim, mode):
                                                          "index.balance_weight": 0.0})
   _, params, aux, _, _ = joim
   if mode == "sil":
-    aux = aux.replace(index_start=jnp.int32(-1))
+    aux = aux.replace(index=aux.index.replace(built_at=jnp.int32(-1)))
   norms = grad_norms(*built_task(cfg, dataset, (params, aux)))
   assert norms["levels"] > 0
   if mode == "joim":
@@ -100,7 +101,7 @@ def test_user_item_loss_reaches_codebooks_only_in_joim(dataset, joim, mode):
 
 
 def _level_outputs(cfg, dataset, params, aux, batch, alpha, codes):
-  model = task_hsnn.hsnn_model(cfg.model, dataset, aux.item_keys)
+  model = task_hsnn.hsnn_model(cfg, dataset, aux.index.item_keys)
   candidates = jnp.concatenate([batch.positives, batch.negatives])
   fixed = None if codes is None else jnp.take(codes, candidates, axis=0)
   out = jax.jit(lambda p: model.apply({"params": p}, batch.users, candidates, alpha, fixed,
@@ -114,7 +115,7 @@ def test_node_shared_level_scoring_equals_per_pair_scoring(dataset, joim, fixed)
   node score; with a fixed index (SIL/EM codes), or assignments made one-hot by a huge alpha
   (JOIM), that is the per-pair score of the candidate's node, logits and MSE predictions alike."""
   _, params, aux, batch, _ = joim
-  codes = aux.codes if fixed else None
+  codes = aux.index.codes if fixed else None
   alpha = 1.0 if fixed else 1e7
   pairs = _level_outputs(small_config(), dataset, params, aux, batch, alpha, codes)
   nodes = _level_outputs(small_config(level_scoring="nodes"), dataset, params, aux, batch,
@@ -128,7 +129,7 @@ def test_node_shared_scoring_is_an_expectation_under_soft_assignments(dataset, j
   the score of the mean embedding), and the Eq. 4 loss still reaches the codebooks."""
   _, params, aux, batch, _ = joim
   cfg = small_config(level_scoring="nodes")
-  model = task_hsnn.hsnn_model(cfg.model, dataset, aux.item_keys)
+  model = task_hsnn.hsnn_model(cfg, dataset, aux.index.item_keys)
   candidates = jnp.concatenate([batch.positives, batch.negatives])
   out = model.apply({"params": params}, batch.users, candidates, 2.0,
                     method=hsnn.HSNN.train_outputs)
@@ -164,7 +165,7 @@ def test_ensemble_scorer_equals_levels_on_representatives(dataset, joim, tmp_pat
   weights = (0.3, -0.2, 1.1)
   params = {**params, "ensemble": jnp.array(weights)}
   scorer = task.scorer(params, aux)
-  model = task_hsnn.hsnn_model(cfg.model, dataset, aux.item_keys)
+  model = task_hsnn.hsnn_model(cfg, dataset, aux.index.item_keys)
   index = PublishedIndex.load(_export(task, params, aux, str(tmp_path)))
   items, users = jnp.arange(dataset.num_items), batch.users
   got = scorer.score(scorer.encode_users(users), scorer.encode_items(items))
@@ -186,7 +187,7 @@ def _export(task, params, aux, directory):
 def test_published_index_matches_the_codes_it_was_trained_with(joim, tmp_path):
   task, params, aux, _, _ = joim
   index = PublishedIndex.load(_export(task, params, aux, str(tmp_path)))
-  codes = np.asarray(aux.codes)
+  codes = np.asarray(aux.index.codes)
   np.testing.assert_array_equal(index.codes, codes)
   np.testing.assert_array_equal(index.item_path, prefix_node_ids(codes, NODES)[0])
   for l, reps in enumerate(index.representative):
@@ -200,9 +201,9 @@ def test_published_index_matches_the_codes_it_was_trained_with(joim, tmp_path):
 
 def test_node_keys_are_offset_code_prefixes():
   codes = np.array([[0, 0], [0, 2], [3, 1], [3, 1]])
-  keys = task_hsnn.node_keys(codes, NODES, limit=1000)
+  keys = lifecycle.node_keys(codes, NODES, limit=1000)
   np.testing.assert_array_equal(keys, [[0, 4], [0, 6], [3, 4 + 10], [3, 4 + 10]])
-  assert task_hsnn.node_keys(codes, NODES, limit=4).shape == (4, 1)  # 12 level-1 nodes > limit
+  assert lifecycle.node_keys(codes, NODES, limit=4).shape == (4, 1)  # 12 level-1 nodes > limit
 
 
 @pytest.mark.parametrize("field,value,message", [

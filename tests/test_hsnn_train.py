@@ -72,9 +72,9 @@ def train(cfg, ds, after_build=None, chunk: int = 50):
     n = min(chunk, t.num_steps - step)
     state, _ = run(state, data, n)
     step += n
-    built = int(state.aux.index_start) >= 0
+    built = int(state.aux.index.built_at) >= 0
     params, aux = task.between_chunks(step, state.params, state.aux)
-    if after_build and not built and int(aux.index_start) >= 0:
+    if after_build and not built and int(aux.index.built_at) >= 0:
       params = after_build(params)
     state = state.replace(params=params, aux=aux)
   return task, state.params, state.aux
@@ -152,6 +152,28 @@ def test_trainer_end_to_end_writes_index_health_per_level(tmp_path):
   index = PublishedIndex.load(str(tmp_path / "run" / "index.npz"))  # written by task.export
   assert list(index.num_nodes) == [results["index_health"][f"level_{l}"]["num_nodes"]
                                    for l in range(2)]
+
+
+@pytest.mark.parametrize("mode, schedule", [
+    ("em", {"em_every": 9}),
+    pytest.param("joim", {"refresh_every": 6}, marks=pytest.mark.slow)])
+def test_log_cadence_does_not_change_a_run(tmp_path, mode, schedule):
+  """Index events (the build at step 13, then JOIM code refreshes or EM re-clusterings) happen
+  on their own steps, so the same run logged every 10 or every 7 steps ends identically."""
+  results = []
+  for log_every in (10, 7):
+    cfg = tiny_hsnn.get_config()
+    cfg.model.item_model = "two_tower_tiny"
+    cfg.model.level_models = ("two_tower_tiny", "two_tower_tiny")
+    cfg.model.index.update(mode=mode, start_step=13, **schedule)
+    cfg.eval.ne_negatives = 0
+    cfg.train.num_steps, cfg.train.log_every, cfg.train.checkpoint_every = 40, log_every, 40
+    results.append(_short_run(cfg, tmp_path / f"log{log_every}"))
+  first, second = results
+  assert first["index_built_at_step"] == second["index_built_at_step"] == 13
+  assert first["metrics"] == second["metrics"]
+  assert first["index_health"] == second["index_health"]
+  assert first["ensemble_weights"] == second["ensemble_weights"]
 
 
 def test_monn_task_trains_end_to_end(tmp_path):

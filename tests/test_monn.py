@@ -13,6 +13,7 @@ import pytest
 
 from hsnn_jax.data.types import CSR, RecDataset
 from hsnn_jax.models import flops as flops_lib
+from tests import flops_oracle
 from hsnn_jax.models import monn
 from hsnn_jax.models.monn import MoNN
 from hsnn_jax.models.scorer import UserBatch, take_reprs
@@ -74,19 +75,21 @@ def test_preset_output_shapes(name):
 
 
 @pytest.mark.parametrize("name", monn.PRESET_NAMES)
-def test_flop_formulas_match_traced_matmuls(name):
+def test_traced_flops_match_the_hand_formulas(name):
   model, params, user, item = abstract_preset(name)
   encode_users, encode_items, score = method_fns(model)
-  want = monn.model_flops(model, history_len=SHAPE_USERS.history.shape[1])
+  want = flops_oracle.model_flops(model, history_len=SHAPE_USERS.history.shape[1])
   count = flops_lib.count_matmul_flops
   assert count(encode_users, params, SHAPE_USERS) == 3 * want.per_query
   assert count(encode_items, params, SHAPE_ITEMS) == 6 * want.per_item
   # Everything in `score` is per pair: no per-user or per-item work hides there.
   assert count(score, params, user, item) == 3 * 6 * want.per_pair
+  # The library's own count (one user, one item) is the same.
+  assert monn.model_flops(model, SHAPE_USERS.history.shape[1]) == want
 
 
 def _flops(name):
-  return flops_lib.monn_flops(monn.monn_preset(name), num_user_features=2, num_key_slots=3,
+  return flops_oracle.monn_flops(monn.monn_preset(name), num_user_features=2, num_key_slots=3,
                               history_len=20)
 
 
@@ -113,7 +116,7 @@ def test_flops_hand_count_on_tiny_config():
       num_embed_user=2, dim_user=3, num_embed_item=1, dim_item=3, num_embed_ui=1, dim_ui=2,
       field_dim=2, user_mlp=(), item_mlp=(), ui_mlp=(), afm_attention_dim=1, overarch_layers=1,
       overarch_dim=2, overarch_tokens=1, overarch_token_dim=2, num_tasks=1).validate()
-  cost = flops_lib.monn_flops(config, num_user_features=0, num_key_slots=2, history_len=3)
+  cost = flops_oracle.monn_flops(config, num_user_features=0, num_key_slots=2, history_len=3)
   i2if_pooling = 2 * 4 * 2 + 2 * 2 * 2 + 2 * 3 * 2  # pair features -> d, matched keys, history
   # Interaction tower, 3 fields of size 2 (3 pairs), no MLP: AFM (attention hidden, attention
   # logit, weighted sum), then the output layer on [flattened fields; AFM] -> 1 x 2.

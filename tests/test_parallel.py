@@ -16,7 +16,7 @@ from hsnn_jax.models import two_tower
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.parallel import mesh as mesh_lib
 from hsnn_jax.parallel import sharding
-from hsnn_jax.parallel.sampling import make_sampler
+from hsnn_jax.train.sharded_sampler import make_sampler
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k
 from hsnn_jax.retrieval.sharded import encode_sharded_corpus, sharded_top_k
 from hsnn_jax.train import trainer

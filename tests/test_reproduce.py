@@ -155,3 +155,16 @@ def test_run_identity_ignores_where_data_lives_and_progress_reporting(tmp_path, 
     json.dump({"config": json.loads(a.to_json_best_effort()), "metrics": {"recall@20": 0.5}}, fh)
   assert tables.train_once(b, run_a)["metrics"] == {"recall@20": 0.5} and not trained
   assert tables.train_once(c, run_a) == {"trained": True} and trained == [run_a]
+
+
+def test_fields_added_later_keep_old_records_valid_at_their_old_value():
+  """A record written before model.index.refresh_every existed has the identity of a config
+  with its old-behaviour value (100), and not of one that changes it."""
+  cfg = tables.cell_config(tables.TABLES["hsnn_table2"], tables.TABLES["hsnn_table2"].rows[-1],
+                           "tiny", "synthetic_tiny", 0, "/cache")
+  assert cfg.model.index.refresh_every == 100
+  old_record = json.loads(cfg.to_json_best_effort())
+  del old_record["model"]["index"]["refresh_every"]
+  assert tables.run_identity(old_record) == tables.run_identity(cfg)
+  cfg.model.index.refresh_every = 50
+  assert tables.run_identity(old_record) != tables.run_identity(cfg)

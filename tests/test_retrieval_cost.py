@@ -11,7 +11,7 @@ import pytest
 from hsnn_jax.index.publish import publish_index
 from hsnn_jax.models.scorer import Scorer
 from hsnn_jax.retrieval import beam_search as bs
-from hsnn_jax.retrieval import cost
+from hsnn_jax.eval import cost
 from hsnn_jax.retrieval import peers
 from hsnn_jax.retrieval.exhaustive import exhaustive_top_k
 from hsnn_jax.retrieval.two_stage import TwoStage

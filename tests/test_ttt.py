@@ -181,7 +181,7 @@ def test_user_side_parameters_are_exactly_those_only_the_user_tower_reads(plante
   else:
     cfg = _monn_config() if kind == "monn" else _two_tower_config(user_tower=kind)
     run = _trained(cfg, planted)
-  scorer_fn = ttt.ttt_scorer_fn(run, cfg)
+  scorer_fn = ttt.ttt_scorer_fn(run)
   users = user_batch_for_eval(planted, run.task.history_len, include_valid=True)(np.arange(32))
   items = jnp.arange(planted.num_items)
   user_out, item_out = jax.jit(lambda p: (
@@ -203,7 +203,7 @@ def test_user_side_parameters_are_exactly_those_only_the_user_tower_reads(plante
 def test_user_finetuning_leaves_item_side_bit_identical_and_fits_its_examples(two_tower):
   cfg, run, index = two_tower
   c = ttt.default_ttt_config(steps=30, learning_rate=1e-2, batch_size=64, num_negatives=64)
-  setup = ttt.prepare(run, index, c, cfg)
+  setup = ttt.prepare(run, index, c)
   assert setup.node_repr == "embedding"  # a two-tower on its own index
   new, parts = ttt.fine_tune(run.params, setup, c)
   assert parts["total"].shape == (30,) and np.isfinite(np.asarray(parts["total"])).all()
@@ -235,7 +235,7 @@ def test_all_parameters_and_representative_nodes(two_tower):
   cfg, run, index = two_tower
   c = ttt.default_ttt_config(steps=10, learning_rate=1e-2, batch_size=32, num_negatives=32,
                              params="all", node_repr="representative", anchor_weight=0.0)
-  setup = ttt.prepare(run, index, c, cfg)
+  setup = ttt.prepare(run, index, c)
   assert setup.anchor is None and setup.nodes[0].dtype == jnp.int32
   new, parts = ttt.fine_tune(run.params, setup, c)
   assert "anchor" not in parts
@@ -252,9 +252,7 @@ def test_hsnn_run_uses_its_exported_index_and_item_level_scorer(hsnn_run, tmp_pa
   index = ttt.index_for_run(run, (99,), workdir=str(tmp_path))
   assert index.num_levels == 2
   c = ttt.default_ttt_config(steps=5, batch_size=16, num_negatives=16)
-  with pytest.raises(ValueError, match="run_cfg"):
-    ttt.test_time_train(run, index, c)
-  new = ttt.test_time_train(run, index, c, run_cfg=cfg)
+  new = ttt.test_time_train(run, index, c)
   changed = {jax.tree_util.keystr(p) for (p, a), b in zip(
       jax.tree_util.tree_leaves_with_path(run.params), jax.tree.leaves(new))
       if not np.array_equal(a, b)}

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from hsnn_jax.train import task_two_tower
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -11,19 +13,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.data = ml_collections.ConfigDict()  # extra arguments for data preparation (see hsnn_jax/data/prepare.py)
 
-  c.model = ml_collections.ConfigDict()
-  c.model.kind = "two_tower"
-  c.model.user_tower = "id_pooled"  # 'id' | 'id_pooled' | 'sequence' | 'lightgcn'
-  c.model.graph_layers = 3  # lightgcn: propagation layers over the training graph
-  c.model.score = "cosine"  # 'dot' | 'cosine'
-  c.model.temperature = 0.1
-  c.model.embed_dim = 64
-  c.model.history_len = 50
-  c.model.history_proj = "dense"  # id_pooled: 'dense' (learned D x D map) | 'identity'
-  c.model.item_attrs = False
-  c.model.num_layers = 2
-  c.model.num_heads = 2
-  c.model.dropout = 0.0
+  c.model = task_two_tower.default_model_config()  # each kind's defaults: its task module
 
   c.train = ml_collections.ConfigDict()
   # 'softmax' (sampled, in-batch + uniform negatives) | 'full_softmax' (every item; two-tower)
@@ -62,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_start = 0  # no validation (nor early stopping, best checkpoint) before this step
   c.train.inject_nan_at_step = -1  # fault injection for tests of the NaN guard
   # 'global': the batch drawn from the key, split over mesh.data (same trajectory on any mesh);
-  # 'per_shard': each data shard draws its part from fold_in(key, shard) (hsnn_jax/parallel/sampling.py).
+  # 'per_shard': each data shard draws its part from fold_in(key, shard) (hsnn_jax/train/sharded_sampler.py).
   c.train.sampling = "global"
 
   c.mesh = ml_collections.ConfigDict()  # the ('data', 'model') device mesh, hsnn_jax/parallel

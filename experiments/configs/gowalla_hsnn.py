@@ -5,8 +5,9 @@
   python -m experiments.train --config=experiments/configs/gowalla_hsnn.py:accelerator --workdir=runs/gowalla_hsnn_acc
 
 Gowalla has no item attributes: the I2IF keys are the items' index nodes, refreshed from the
-codes after every chunk, so here (unlike gowalla_monn_small.py's 'cpu' preset) the item level
-keeps its interaction tower. The item level trains alone first, then residual k-means on its
+codes every model.index.refresh_every steps, so the 'accelerator' preset (unlike
+gowalla_monn_small.py's) keeps the interaction tower; the 'cpu' preset drops it for cost. The
+item level trains alone first, then residual k-means on its
 item embeddings initialises the codebooks and everything trains jointly (on planted clusters,
 building the index at step 0 from untrained embeddings collapsed to 3 of 8 nodes; see
 task_hsnn.py). results.json gets index_health per level (the issue's bar: no node above 4x the
@@ -17,8 +18,10 @@ Other index modes: --config.model.index.mode=sil (or em, with --config.model.ind
 Presets:
   'cpu' (default): index 32 x 16 = 512 leaves (about 80 of the 40,981 items per leaf when
         balanced); item level monn_small_lite, levels monn_medium_lite and monn_small_lite
-        (monn.py's public-data sizes), each scored once per (user, node)
-        (model.level_scoring='nodes'); built at step 2,000 of 6,000; beam search 8 x 64.
+        (monn.py's public-data sizes) without interaction towers, each level scored once per
+        (user, node) (model.level_scoring='nodes'); gowalla_monn_small's 256 x (256 + 512)
+        candidates; built at step 2,000 of 6,000; beam search 8 x 64 with at most 4,096 items
+        scored per query.
   'accelerator': Table 5's monn_small item level, monn_medium / monn_small levels on every
         (user, candidate) pair, index 64 x 16 = 1024 leaves, built at step 2,000 of 12,000.
 """
@@ -40,7 +43,9 @@ def get_config(preset: str = "cpu"):
     return c
   c.model.item_model = "monn_small_lite"
   c.model.level_models = ("monn_medium_lite", "monn_small_lite")
+  c.model.overrides.num_embed_ui = 0  # as gowalla_monn_small's cpu preset: no interaction tower
   c.model.level_scoring = "nodes"
   c.model.index.nodes_per_level = (32, 16)
   c.eval.beam_widths = (8, 64)
+  c.eval.beam_max_items = 4096
   return c

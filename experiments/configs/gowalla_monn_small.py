@@ -11,8 +11,8 @@ same sampled softmax as gowalla_two_tower.py. The user tower reads the user's tr
 
 Presets:
   'cpu' (default): monn_small_lite (monn.py's public-data size) without the interaction tower,
-        which would only see zeros here; 512 examples x (512 in-batch + 512 uniform) candidates
-        per step, 6,000 steps (about 4 epochs of the 810K training pairs).
+        which would only see zeros here; 256 examples x (256 in-batch + 512 uniform) candidates
+        per step, 6,000 steps (about 2 epochs of the 810K training pairs).
   'accelerator': MoNN Small of Table 5 (its interaction tower sees zeros), 1024 x (1024 + 1024)
         candidates, 12,000 steps: every (user, candidate) pair runs the OverArch and the
         interaction tower.
@@ -39,7 +39,7 @@ def get_config(preset: str = "cpu"):
     return c
   c.model.preset = "monn_small_lite"
   c.model.overrides.num_embed_ui = 0
-  c.train.batch_size = 512
+  c.train.batch_size = 256
   c.train.num_negatives = 512
   c.train.num_steps = 6000
   c.eval.user_chunk = 32  # small chunks: faster full-corpus scoring on CPU (README)

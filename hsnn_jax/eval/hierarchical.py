@@ -23,13 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsnn_jax.chunking import padded_chunks
 from hsnn_jax.data.types import RecDataset, concat_rows
+from hsnn_jax.eval import cost
 from hsnn_jax.eval import metrics as metrics_lib
 from hsnn_jax.index.kmeans import kmeans_index
 from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.models.scorer import Scorer
 from hsnn_jax.retrieval import beam_search as bs
-from hsnn_jax.retrieval import cost
 from hsnn_jax.retrieval.exhaustive import encode_corpus, exhaustive_top_k, exhaustive_top_k_for_users
 
 
@@ -86,10 +87,8 @@ def _known_items(ds: RecDataset, split: str, users: np.ndarray) -> np.ndarray:
 def _batched(users: np.ndarray, exclude: np.ndarray, batch: int):
   """Fixed-size (user ids, exclude) batches, the last padded by repeating its first row;
   yields (rows kept, ids [batch], exclude [batch, E])."""
-  for start in range(0, users.shape[0], batch):
-    rows = np.arange(start, start + batch)
-    rows = np.where(rows < users.shape[0], rows, start)
-    yield min(batch, users.shape[0] - start), users[rows], exclude[rows]
+  for _, rows, real in padded_chunks(users.shape[0], batch):
+    yield real, users[rows], exclude[rows]
 
 
 def evaluate_hierarchical(hierarchy: Hierarchy, ds: RecDataset, make_user_batch, *,

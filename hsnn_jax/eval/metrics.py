@@ -26,17 +26,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from hsnn_jax.retrieval.topk import hit_matrix
+
 RANKING_METRICS = ("recall", "precision", "ndcg", "hr", "mrr")
-
-
-def hit_matrix(topk: jax.Array, truth: jax.Array) -> jax.Array:
-  """[U, K] bool: whether each retrieved item is relevant. O(U * K * log T) by binary search."""
-  chex.assert_rank([topk, truth], 2)
-  chex.assert_equal(topk.shape[0], truth.shape[0])
-  sorted_truth = jnp.sort(truth, axis=1)  # -1 padding sorts first and never matches (topk >= 0)
-  pos = jax.vmap(jnp.searchsorted)(sorted_truth, topk)
-  found = jnp.take_along_axis(sorted_truth, jnp.minimum(pos, truth.shape[1] - 1), axis=1)
-  return (found == topk) & (topk >= 0)
 
 
 def num_relevant(truth: jax.Array) -> jax.Array:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsnn_jax.chunking import map_in_chunks
 from hsnn_jax.data.types import RecDataset, concat_rows
 from hsnn_jax.eval.metrics import normalized_entropy
 from hsnn_jax.models.scorer import Scorer, UserBatch
@@ -69,13 +70,11 @@ def heldout_ne(scorer: Scorer, ds: RecDataset, make_user_batch: Callable[[np.nda
   users, candidates, labels = _pairs(ds, split, negatives_per_positive, max_positives, seed)
   reprs = encode_ids(scorer, np.arange(ds.num_items))
   score = jax.jit(lambda ub, cand: score_candidates(scorer.score, scorer.encode_users(ub), reprs, cand))
-  chunk = max(1, min(user_chunk, users.shape[0]))
-  scores = np.empty(candidates.shape, np.float32)
-  for start in range(0, users.shape[0], chunk):
-    rows = np.minimum(np.arange(start, start + chunk), users.shape[0] - 1)
-    out = np.asarray(score(make_user_batch(users[rows]), jnp.asarray(candidates[rows])))
-    take = min(chunk, users.shape[0] - start)
-    scores[start:start + take] = out[:take]
+  if not users.shape[0]:
+    return float("nan")
+  scores = map_in_chunks(
+      lambda rows: score(make_user_batch(users[rows]), jnp.asarray(candidates[rows])),
+      users.shape[0], user_chunk)
   valid = candidates >= 0
   fit_rows = (np.arange(users.shape[0]) % 2 == 0)[:, None] & valid
   test_rows = (np.arange(users.shape[0]) % 2 == 1)[:, None] & valid

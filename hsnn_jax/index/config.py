@@ -52,6 +52,11 @@ class IndexConfig:
     kmeans_iters: Lloyd iterations per level of (residual) k-means.
     kmeans_init: 'kmeans++' or 'random' (distinct random points).
     kmeans_chunk_size: rows per distance chunk in k-means; bounds memory at chunk x K floats.
+    start_step: the training step the index is built at (> 0 for 'sil' and 'em', which cluster a
+      trained item model; see lifecycle.py).
+    em_every: 'em': steps between re-clusterings (the E step).
+    refresh_every: 'joim': every item's hard codes (and node keys) are recomputed on the steps
+      that are multiples of this (the soft assignment itself is trained every step).
   """
 
   nodes_per_level: Tuple[int, ...] = (32, 32)
@@ -71,6 +76,9 @@ class IndexConfig:
   kmeans_iters: int = 25
   kmeans_init: str = "kmeans++"
   kmeans_chunk_size: int = 16384
+  start_step: int = 0
+  em_every: int = 1000
+  refresh_every: int = 100
 
   @property
   def num_levels(self) -> int:
@@ -105,6 +113,10 @@ class IndexConfig:
     _check_positive("balance_window", self.balance_window)
     _check_positive("kmeans_iters", self.kmeans_iters)
     _check_positive("kmeans_chunk_size", self.kmeans_chunk_size)
+    _check_positive("em_every", self.em_every)
+    _check_positive("refresh_every", self.refresh_every)
+    if not isinstance(self.start_step, int) or self.start_step < 0:
+      raise ValueError(f"start_step must be an int >= 0, got {self.start_step!r}")
     for name in ("balance_weight", "reconstruction_weight", "index_loss_weight",
                  "index_loss_warmup_steps"):
       if getattr(self, name) < 0:

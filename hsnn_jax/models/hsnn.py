@@ -41,8 +41,8 @@ import numpy as np
 from hsnn_jax.index.config import IndexConfig
 from hsnn_jax.index.residual_quantizer import (ResidualQuantizer, ResidualQuantizerOutput,
                                                prefix_ids, prefix_softs, prefix_vectors)
-from hsnn_jax.models.flops import NUM_ITEM_FIELDS, count_matmul_flops
-from hsnn_jax.models.monn import MoNN, MoNNConfig, make_scorer
+from hsnn_jax.models.flops import bound_scorer_flops
+from hsnn_jax.models.monn import NUM_ITEM_FIELDS, MoNN, MoNNConfig, make_scorer
 from hsnn_jax.models.scorer import Scorer, UserBatch
 
 
@@ -152,23 +152,13 @@ class NodeMoNN(MoNN):
     summary = self.node_summary(vectors) if c.num_embed_ui else None
     return NodeRepr(tower=tower, overarch=self.overarch.item_side(tower), summary=summary)
 
-  def score_and_interaction(self, user: NodeUserRepr, node: NodeRepr
-                            ) -> Tuple[jax.Array, Optional[jax.Array]]:
-    """-> logits [B, N, T] and the interaction tower output [B, N, E_ui, D_ui] (or None)."""
-    c = self.config
-    if not c.overarch_layers:
-      dots = jnp.einsum("bd,nd->bn", user.tower[:, 0], node.tower[:, 0])
-      return dots[..., None] * self.task_scale + self.task_bias, None
-    pair = None
-    if c.num_embed_ui:
-      shape = (user.summary.shape[0], node.summary.shape[0], c.field_dim)
-      u = jnp.broadcast_to(user.summary[:, None], shape)
-      n = jnp.broadcast_to(node.summary[None, :], shape)
-      pair = self.ui_tower(jnp.stack([u, n, u * n], axis=2))
-    return self.overarch(user.overarch, node.overarch, pair), pair
-
-  def score(self, user: NodeUserRepr, node: NodeRepr) -> jax.Array:
-    return self.score_and_interaction(user, node)[0]
+  def interaction(self, user: NodeUserRepr, node: NodeRepr) -> jax.Array:
+    """Interaction tower on (user summary, node summary, their product) -> [B, N, E_ui, D_ui]
+    (nodes have no attribute keys; MoNN.score_and_interaction does the rest)."""
+    shape = (user.summary.shape[0], node.summary.shape[0], self.config.field_dim)
+    u = jnp.broadcast_to(user.summary[:, None], shape)
+    n = jnp.broadcast_to(node.summary[None, :], shape)
+    return self.ui_tower(jnp.stack([u, n, u * n], axis=2))
 
   def predict_item_interaction(self, pair: jax.Array) -> jax.Array:
     """[B, N, E_ui, D_ui] -> [B, N, target_ui_size], the MSE head toward the item level."""
@@ -303,14 +293,8 @@ class HSNN(nn.Module):
     """
     model = self.item_model
     user, item = model.encode_users(users), model.encode_items(candidates)
-    c = self.config.item_model
-    item_interaction = None
-    if c.overarch_layers and c.num_embed_ui:
-      pair = model.interaction(user, item)
-      item_logits = model.overarch(user.overarch, item.overarch, pair)
-      item_interaction = pair.reshape(pair.shape[0], pair.shape[1], -1)
-    else:
-      item_logits = model.score(user, item)
+    item_logits, pair = model.score_and_interaction(user, item)
+    item_interaction = None if pair is None else pair.reshape(pair.shape[0], pair.shape[1], -1)
     u = self._embed(self.user_head, user.tower)
     v = self._embed(self.item_head, item.tower)
     quantized = self.quantizer(v, alpha)
@@ -360,14 +344,11 @@ def level_scorer(model: HSNN, params: Any, level: int, history_len: int) -> Scor
   def score(user: NodeUserRepr, node: NodeRepr) -> jax.Array:
     return model.apply(variables, user, node, level, method=HSNN.score_level)[..., 0]
 
-  users = UserBatch(user=jnp.zeros((1,), jnp.int32), history=jnp.zeros((1, history_len), jnp.int32),
-                    features=jnp.zeros((1, len(model.user_feature_sizes)), jnp.int32))
-  one_item = jnp.zeros((1,), jnp.int32)
-  user_repr, node_repr = jax.eval_shape(encode_users, users), jax.eval_shape(encode_items, one_item)
+  cost = bound_scorer_flops(encode_users, encode_items, score, history_len=history_len,
+                            num_user_features=len(model.user_feature_sizes))
   return Scorer(encode_users=encode_users, encode_items=encode_items, score=score,
-                flops_per_pair=count_matmul_flops(score, user_repr, node_repr),
-                flops_per_query=count_matmul_flops(encode_users, users),
-                flops_per_item=count_matmul_flops(encode_items, one_item),
+                flops_per_pair=cost.per_pair, flops_per_query=cost.per_query,
+                flops_per_item=cost.per_item,
                 name=f"hsnn_level_{level}_{model.config.level_models[level].name}")
 
 

@@ -127,6 +127,9 @@ _PRESETS["monn_medium_lite"] = dataclasses.replace(
     **_LITE)
 PRESET_NAMES = tuple(_PRESETS)
 
+# The item tower's fields: the item id's embedding and the mean of its keys' embeddings.
+NUM_ITEM_FIELDS = 2
+
 
 def monn_preset(preset: str, **overrides: Any) -> MoNNConfig:
   """A Table 5 size by name (see PRESET_NAMES), with optional field overrides (e.g. num_tasks)."""
@@ -264,14 +267,20 @@ class MoNN(nn.Module):
       fields.append(i2if.restricted_history_pool(match, user.hist_emb))
     return self.ui_tower(jnp.stack(fields, axis=2))
 
-  def score(self, user: UserRepr, item: ItemRepr) -> jax.Array:
-    """All pairs: B users x N items -> [B, N, num_tasks] logits."""
+  def score_and_interaction(self, user: UserRepr, item: ItemRepr
+                            ) -> Tuple[jax.Array, Optional[jax.Array]]:
+    """All pairs: B users x N items -> logits [B, N, num_tasks] and the interaction tower's
+    output [B, N, E_ui, D_ui] (None without one). Subclasses change `interaction` only."""
     c = self.config
     if not c.overarch_layers:
       dots = jnp.einsum("bd,nd->bn", user.tower[:, 0], item.tower[:, 0])
-      return dots[..., None] * self.task_scale + self.task_bias
+      return dots[..., None] * self.task_scale + self.task_bias, None
     pair = self.interaction(user, item) if c.num_embed_ui else None
-    return self.overarch(user.overarch, item.overarch, pair)
+    return self.overarch(user.overarch, item.overarch, pair), pair
+
+  def score(self, user: UserRepr, item: ItemRepr) -> jax.Array:
+    """All pairs: B users x N items -> [B, N, num_tasks] logits."""
+    return self.score_and_interaction(user, item)[0]
 
   def __call__(self, users: UserBatch, item_ids: jax.Array) -> jax.Array:
     return self.score(self.encode_users(users), self.encode_items(item_ids))
@@ -304,11 +313,18 @@ def pair_logits(model: MoNN, params: Any, users: UserBatch, item_ids: jax.Array)
   return jax.vmap(one)(user, item)
 
 
-def model_flops(model: MoNN, history_len: int) -> flops_lib.Flops:
-  """FLOPs of `model` for users with histories padded to `history_len` (see flops.py)."""
-  return flops_lib.monn_flops(model.config, num_user_features=len(model.user_feature_sizes),
-                              num_key_slots=int(model.item_keys.shape[1]),
-                              history_len=history_len)
+def model_flops(model: MoNN, history_len: int, params: Any = None) -> flops_lib.Flops:
+  """Matmul FLOPs of `model`'s scorer for users with histories padded to `history_len`."""
+  if params is None:
+    users = UserBatch(user=jnp.zeros((1,), jnp.int32),
+                      history=jnp.zeros((1, history_len), jnp.int32),
+                      features=jnp.zeros((1, len(model.user_feature_sizes)), jnp.int32))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), users,
+                            jnp.zeros((1,), jnp.int32))["params"]
+  apply = lambda method: lambda p, *args: model.apply({"params": p}, *args, method=method)
+  return flops_lib.scorer_flops(apply(MoNN.encode_users), apply(MoNN.encode_items),
+                                apply(MoNN.score), params, history_len=history_len,
+                                num_user_features=len(model.user_feature_sizes))
 
 
 def make_scorer(model: MoNN, params: Any, *, task: int = 0,
@@ -341,7 +357,7 @@ def make_scorer(model: MoNN, params: Any, *, task: int = 0,
     logits = model.apply(variables, user, item, method=MoNN.score)
     return logits[..., task] if weights is None else jnp.sum(logits * weights, axis=-1)
 
-  cost = model_flops(model, history_len)
+  cost = model_flops(model, history_len, params)
   return Scorer(encode_users=encode_users, encode_items=encode_items, score=score,
                 flops_per_pair=cost.per_pair, flops_per_query=cost.per_query,
                 flops_per_item=cost.per_item, name=c.name)

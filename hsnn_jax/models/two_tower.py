@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsnn_jax.models.flops import bound_scorer_flops
 from hsnn_jax.models.graph import BipartiteGraph, propagate
 from hsnn_jax.models.scorer import Scorer, UserBatch
 
@@ -211,7 +212,7 @@ class TwoTower(nn.Module):
 
 
 def make_scorer(model: TwoTower, params) -> Scorer:
-  """Binds parameters; item reprs are [N, D] vectors, so serving scores cost 2*D per pair."""
+  """Binds parameters; item reprs are [N, D] vectors (a serving score is one D-dot product)."""
   c = model.config
   variables = {"params": params}
   encode_users = lambda users: model.apply(variables, users, method=TwoTower.encode_users)
@@ -221,12 +222,9 @@ def make_scorer(model: TwoTower, params) -> Scorer:
     tu, ti = jax.jit(lambda v: model.apply(v, method=TwoTower.graph_tables))(variables)
     encode_users = lambda users: normalize(tu[users.user], c.score)
     encode_items = lambda ids: normalize(ti[ids], c.score)
-  if c.user_tower == "sequence":
-    per_position = 2 * c.embed_dim * (4 * c.embed_dim + 4 * c.embed_dim)  # qkvo + 2-layer MLP
-    per_query = c.num_layers * c.max_history * (per_position + 4 * c.max_history * c.embed_dim)
-  else:
-    dense = c.user_tower == "id_pooled" and c.history_proj == "dense"
-    per_query = 2 * c.embed_dim * c.embed_dim if dense else 0
+  cost = bound_scorer_flops(encode_users, encode_items, score, history_len=c.max_history,
+                            num_user_features=0)
   return Scorer(encode_users=encode_users, encode_items=encode_items, score=score,
-                flops_per_pair=2 * c.embed_dim, flops_per_query=per_query,
+                flops_per_pair=cost.per_pair, flops_per_query=cost.per_query,
+                flops_per_item=cost.per_item,
                 name=f"two_tower_{c.score}")

@@ -49,18 +49,18 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int, num_processes
 
   Called before any data is read, like `config_check.validate`.
   """
-  m, t = cfg.get("mesh", ml_collections.ConfigDict()), cfg.train
-  data, model = mesh_shape(m.get("data", 0), m.get("model", 1), num_devices)
+  m, t = cfg.mesh, cfg.train
+  data, model = mesh_shape(m.data, m.model, num_devices)
   errors = []
   if model < 1 or data < 1 or data * model > num_devices:
-    errors.append(f"mesh.data={m.get('data', 0)!r}, mesh.model={m.get('model', 1)!r}: a "
+    errors.append(f"mesh.data={m.data!r}, mesh.model={m.model!r}: a "
                   f"{data} x {model} mesh does not fit the {num_devices} devices")
   elif num_processes > 1 and data * model != num_devices:
     errors.append(f"mesh.data={data} x mesh.model={model}: with {num_processes} processes the "
                   f"mesh must use all {num_devices} devices")
   if data >= 1 and t.batch_size % data:
     errors.append(f"train.batch_size={t.batch_size}: must be divisible by mesh.data={data}")
-  sampling = t.get("sampling", "global")
+  sampling = t.sampling
   if sampling not in ("global", "per_shard"):
     errors.append(f"train.sampling={sampling!r}: expected 'global' or 'per_shard'")
   elif sampling == "per_shard" and data >= 1 and t.num_negatives % data:
@@ -71,5 +71,4 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int, num_processes
 
 
 def mesh_from_config(cfg: ml_collections.ConfigDict) -> Mesh:
-  m = cfg.get("mesh", ml_collections.ConfigDict())
-  return make_mesh(m.get("data", 0), m.get("model", 1))
+  return make_mesh(cfg.mesh.data, cfg.mesh.model)

@@ -17,8 +17,8 @@ once per batch, however many stages share it.
 
 Item layout: the item stage's reprs are stored leaf-major (`leaf_major_items`): the items of
 each leaf are consecutive rows, so the items under the kept leaves are a few contiguous runs and
-the per-query gather reads whole runs instead of scattered rows (on a CPU, 2-3x faster for the
-same items). Positions map back to item ids through the layout's `order` for exclusion and results.
+the per-query gather reads whole runs instead of scattered rows (faster on a CPU for the same
+items). Positions map back to item ids through the layout's `order` for exclusion and results.
 
 Candidate lists are compacted: the children (or items) of the kept nodes are laid out back to
 back, best-scored node first, in W slots. W defaults to b_{l-1} * (widest node), so nothing is
@@ -50,10 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsnn_jax.eval.metrics import hit_matrix
+from hsnn_jax.chunking import padded_chunks
 from hsnn_jax.index.published import PublishedIndex
 from hsnn_jax.models.scorer import PyTree, Scorer, UserBatch, take_reprs
-from hsnn_jax.retrieval.topk import fast_top_k
+from hsnn_jax.retrieval.topk import fast_top_k, hit_matrix
 
 Weights = Union[None, str, Sequence[float], Sequence[Sequence[float]]]
 
@@ -129,13 +129,9 @@ def leaf_major_items(index: PublishedIndex, item_stage: LevelScorer) -> LeafMajo
 def encode_ids(scorer: Scorer, ids: np.ndarray, chunk: int = 65536) -> PyTree:
   """scorer.encode_items over ids [N] in fixed-size chunks (one compilation) -> leaves [N, ...]."""
   ids = np.asarray(ids, np.int32)
-  chunk = max(1, min(int(chunk), ids.shape[0]))
   encode = jax.jit(scorer.encode_items)
-  parts = []
-  for start in range(0, ids.shape[0], chunk):
-    block = ids[start:start + chunk]
-    padded = np.concatenate([block, np.full(chunk - block.shape[0], block[0], np.int32)])
-    parts.append(jax.tree.map(lambda x, n=block.shape[0]: x[:n], encode(jnp.asarray(padded))))
+  parts = [jax.tree.map(lambda x, r=real: x[:r], encode(jnp.asarray(ids[rows])))
+           for _, rows, real in padded_chunks(ids.shape[0], chunk)]
   return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
 
 
@@ -291,7 +287,7 @@ def score_candidates(score, user_repr: PyTree, reprs: PyTree, cand: jax.Array,
   Row i is score(user_repr[i:i+1], reprs[cand[i]]); -1 candidates score reprs[0] (mask them).
   users_per_step: None vmaps over all B users at once; n scores n users at a time (vmapped) in a
   `lax.map` over the batch. Same result. On a CPU, one user at a time keeps its [W, ...] gather
-  in cache and was 6-7x faster for dot products (batched gathers and batched matvecs are slow
+  in cache and is much faster for dot products (batched gathers and batched matvecs are slow
   there); accelerators want the full vmap.
   """
   def one(user, ids):

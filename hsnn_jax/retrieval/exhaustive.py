@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsnn_jax.chunking import map_in_chunks
 from hsnn_jax.models.scorer import PyTree, Scorer, UserBatch
 from hsnn_jax.retrieval.topk import empty_top_k, fast_top_k, merge_top_k
 
@@ -164,7 +165,7 @@ def exhaustive_top_k_for_users(scorer: Scorer, make_user_batch: Callable[[np.nda
     make_user_batch: user ids np[B] int32 -> UserBatch of those B users.
     user_ids: [U] int dense user ids.
     k, num_items, item_chunk, item_valid_mask, corpus: as in `exhaustive_top_k`.
-    user_chunk: users per call; the last chunk is padded by repeating its first user, so every
+    user_chunk: users per call; the last chunk is padded by repeating its last user, so every
       call has the same shapes and the retrieval compiles once.
     exclude: optional [U, E] int32 item ids to exclude, row-aligned with user_ids, -1 padded.
 
@@ -174,20 +175,16 @@ def exhaustive_top_k_for_users(scorer: Scorer, make_user_batch: Callable[[np.nda
   user_ids = np.asarray(user_ids, np.int32)
   if corpus is None:
     corpus = encode_corpus(scorer, num_items, item_chunk, item_valid_mask)
-  num_users = user_ids.shape[0]
-  user_chunk = max(1, min(int(user_chunk), num_users))
-  out_scores = np.empty((num_users, k), np.float32)
-  out_ids = np.empty((num_users, k), np.int32)
-  for start in range(0, num_users, user_chunk):
-    rows = np.arange(start, start + user_chunk)
-    rows = np.where(rows < num_users, rows, start)
+  if not user_ids.shape[0]:
+    return np.empty((0, k), np.float32), np.empty((0, k), np.int32)
+
+  def one_chunk(rows: np.ndarray):
     chunk_exclude = None if exclude is None else np.asarray(exclude)[rows]
-    scores, ids = exhaustive_top_k(scorer, make_user_batch(user_ids[rows]), k,
-                                   exclude=chunk_exclude, corpus=corpus)
-    take = min(user_chunk, num_users - start)
-    out_scores[start:start + take] = np.asarray(scores)[:take]
-    out_ids[start:start + take] = np.asarray(ids)[:take]
-  return out_scores, out_ids
+    return exhaustive_top_k(scorer, make_user_batch(user_ids[rows]), k, exclude=chunk_exclude,
+                            corpus=corpus)
+
+  scores, ids = map_in_chunks(one_chunk, user_ids.shape[0], user_chunk)
+  return scores.astype(np.float32), ids.astype(np.int32)
 
 
 @functools.partial(jax.jit, static_argnames="score")

@@ -24,9 +24,28 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from hsnn_jax.models.scorer import PyTree, Scorer, UserBatch
-from hsnn_jax.parallel.collectives import all_gather_top_k
 from hsnn_jax.parallel.mesh import DATA, MODEL
 from hsnn_jax.retrieval.exhaustive import EncodedCorpus, encode_corpus, top_k_over_corpus
+from hsnn_jax.retrieval.topk import fast_top_k
+
+
+def all_gather_top_k(values: jax.Array, ids: jax.Array, k: int, axis: str
+                     ) -> Tuple[jax.Array, jax.Array]:
+  """Global top-k from every shard's local top-k: all_gather over `axis`, then one merge.
+
+  Args:
+    values: [B, k_local] this shard's best scores, descending (-inf for empty slots).
+    ids: [B, k_local] int32 global item ids of those scores.
+    k: results wanted, k <= shards * k_local.
+    axis: the mesh axis the candidates are split over.
+
+  Returns:
+    values [B, k] descending and ids [B, k], identical on every shard of `axis`.
+  """
+  all_values = jax.lax.all_gather(values, axis, axis=1, tiled=True)  # [B, shards * k_local]
+  all_ids = jax.lax.all_gather(ids, axis, axis=1, tiled=True)
+  top_values, pos = fast_top_k(all_values, k)
+  return top_values, jnp.take_along_axis(all_ids, pos, axis=1)
 
 
 def shard_corpus(corpus: EncodedCorpus, mesh: Mesh) -> EncodedCorpus:

@@ -86,8 +86,8 @@ def auto_chunk_size(num_items: int, k: int) -> int:
 
   Step 3's top-k over k * C gathered entries costs several times more per entry than the
   max-reduce that shrinks G (and step 2 recurses), so C = sqrt(N / k) / 2 rather than the
-  sqrt(N / k) that balances G against k * C. Measured on CPU for N = 1M, k = 100: C from 32 to
-  100 all run within 20% of each other.
+  sqrt(N / k) that balances G against k * C; the optimum is flat (`experiments.benchmark_topk`
+  sweeps C).
   """
   if num_items < 4 * k:
     return 0
@@ -154,3 +154,13 @@ def fast_top_k(scores: jax.Array, k: int, chunk_size: Optional[int] = None
   values, indices = _gather_chunks(scores, chunk_ids, c)
   top_values, pos = chunked_top_k(values, k)
   return top_values, jnp.take_along_axis(indices, pos, axis=1)
+
+
+def hit_matrix(topk: jax.Array, truth: jax.Array) -> jax.Array:
+  """[U, K] bool: whether each retrieved item is relevant. O(U * K * log T) by binary search."""
+  chex.assert_rank([topk, truth], 2)
+  chex.assert_equal(topk.shape[0], truth.shape[0])
+  sorted_truth = jnp.sort(truth, axis=1)  # -1 padding sorts first and never matches (topk >= 0)
+  pos = jax.vmap(jnp.searchsorted)(sorted_truth, topk)
+  found = jnp.take_along_axis(sorted_truth, jnp.minimum(pos, truth.shape[1] - 1), axis=1)
+  return (found == topk) & (topk >= 0)

@@ -11,7 +11,7 @@ index's nodes as keys there instead, see task_hsnn.py.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 import ml_collections
@@ -19,7 +19,7 @@ import ml_collections
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.models import monn
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
-from hsnn_jax.train.tasks import RetrievalTask, sampled_loss
+from hsnn_jax.train.task import Checks, ModelKind, RetrievalTask, sampled_loss
 
 HISTORY_MODES = ("full", "causal")
 
@@ -49,7 +49,7 @@ def monn_config(preset: str, overrides: Any = None, **fields: Any) -> monn.MoNNC
   return monn.monn_preset(preset, **{**_as_fields(overrides or {}), **fields})
 
 
-def monn_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
+def build(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
   m, t = cfg.model, cfg.train
   config = monn_config(m.preset, m.overrides, num_tasks=1)
   keyed = bool(m.item_attrs) and ds.item_attrs is not None
@@ -73,3 +73,41 @@ def monn_task(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
 
 def _without_attrs(ds: RecDataset) -> RecDataset:
   return dataclasses.replace(ds, item_attrs=None, num_attrs=0)
+
+
+def override_errors(overrides: Any, presets: Sequence[str]) -> list:
+  """Errors of model.overrides over each preset it applies to: unknown fields; then, if a
+  preset rejects the combination, every field it rejects alone (or the combination itself)."""
+  known = {f.name for f in dataclasses.fields(monn.MoNNConfig)}
+  values = _as_fields(overrides)
+  errors = [f"model.overrides.{k}={v!r}: not a MoNNConfig field" for k, v in values.items()
+            if k not in known]
+  if errors:
+    return errors
+  for preset in sorted(set(p for p in presets if p in monn.PRESET_NAMES)):
+    try:
+      monn.monn_preset(preset, **values)
+      continue
+    except (ValueError, TypeError) as err:
+      combined = f"model.overrides with preset {preset!r}: {err}"
+    alone = []
+    for k, v in values.items():
+      try:
+        monn.monn_preset(preset, **{k: v})
+      except (ValueError, TypeError) as err:
+        alone.append(f"model.overrides.{k}={v!r} (preset {preset!r}): {err}")
+    errors += alone or [combined]
+  return errors
+
+
+def config_errors(cfg: ml_collections.ConfigDict) -> list:
+  m, check = cfg.model, Checks()
+  check.need(m.history in HISTORY_MODES, "model.history", m.history, f"one of {HISTORY_MODES}")
+  check.need(isinstance(m.history_len, int) and m.history_len > 0, "model.history_len",
+             m.history_len, "a positive int")
+  check.need(m.preset in monn.PRESET_NAMES, "model.preset", m.preset,
+             f"one of {monn.PRESET_NAMES}")
+  return check.errors + override_errors(m.overrides, [m.preset])
+
+
+KIND = ModelKind("monn", build, default_model_config, config_errors)

@@ -48,7 +48,7 @@ from hsnn_jax.eval.ne import heldout_ne
 from hsnn_jax.parallel import distributed
 from hsnn_jax.parallel import mesh as mesh_lib
 from hsnn_jax.parallel import sharding
-from hsnn_jax.parallel.sampling import make_sampler
+from hsnn_jax.train.sharded_sampler import make_sampler
 from hsnn_jax.train import config_check, workdir_lock
 from hsnn_jax.train.checkpoint import CheckpointError, Checkpointer
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch, user_batch_for_eval
@@ -114,7 +114,7 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
 def load_dataset(cfg: ml_collections.ConfigDict) -> RecDataset:
   if not cache.exists(cfg.cache_dir, cfg.dataset):
     from hsnn_jax.data import prepare  # pylint: disable=import-outside-toplevel
-    prepare.prepare_dataset(cfg.dataset, cache_dir=cfg.cache_dir, **dict(cfg.get("data", {})))
+    prepare.prepare_dataset(cfg.dataset, cache_dir=cfg.cache_dir, **dict(cfg.data))
   return cache.load(cfg.cache_dir, cfg.dataset)
 
 
@@ -127,14 +127,14 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict,
   """Returns jitted f(state, data, n) running n steps; metrics are means over those steps.
 
   With a `mesh`, `state` carries `state_sharding`, `data` is replicated, the batch is split
-  over 'data' (see hsnn_jax/parallel/sampling.py) and the metrics come back replicated.
+  over 'data' (see hsnn_jax/train/sharded_sampler.py) and the metrics come back replicated.
   """
   t = cfg.train
-  fail_at = int(t.get("inject_nan_at_step", -1))  # fault injection, for tests of the NaN guard
+  fail_at = int(t.inject_nan_at_step)  # fault injection, for tests of the NaN guard
   if mesh is None:
     sample = lambda key, data: sample_batch(key, data, t.batch_size, t.num_negatives, task.history)
   else:
-    sample = make_sampler(mesh, mode=t.get("sampling", "global"), batch_size=t.batch_size,
+    sample = make_sampler(mesh, mode=t.sampling, batch_size=t.batch_size,
                           num_negatives=t.num_negatives, history=task.history)
 
   def one_step(state: TrainState, data: DeviceInteractions):
@@ -147,10 +147,11 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict,
     ok = jnp.isfinite(loss) & _all_finite(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    # A non-finite step is only recorded: the loop stops at the chunk's end, before any save,
+    # so the state after it is never used and needs no per-step select to protect it.
     bad = jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step)
-    new = TrainState(step=state.step + 1, params=keep(params, state.params), aux=keep(aux, state.aux),
-                     opt_state=keep(opt_state, state.opt_state), key=key, bad_step=bad)
+    new = TrainState(step=state.step + 1, params=params, aux=aux, opt_state=opt_state, key=key,
+                     bad_step=bad)
     return new, metrics
 
   def chunk(state, data, n):
@@ -162,12 +163,23 @@ def make_train_chunk(task: RetrievalTask, tx, cfg: ml_collections.ConfigDict,
     state, total = jax.lax.fori_loop(0, n, body, (state, zeros))
     return state, jax.tree.map(lambda x: x / n, total)
 
+  # n is traced, not static: chunks of any length (up to an index event, the last one) share
+  # one compiled program.
   if mesh is None:
-    return jax.jit(chunk, static_argnums=2, donate_argnums=0)
+    return jax.jit(chunk, donate_argnums=0)
   everywhere = sharding.replicated(mesh)
-  return jax.jit(chunk, static_argnums=2, donate_argnums=0,
-                 in_shardings=(state_sharding, everywhere),
+  return jax.jit(chunk, donate_argnums=0, in_shardings=(state_sharding, everywhere, everywhere),
                  out_shardings=(state_sharding, everywhere))
+
+
+def chunk_length(step: int, cfg: ml_collections.ConfigDict, use_valid: bool,
+                 next_event: int | None) -> int:
+  """Steps until the next log, checkpoint, validation or task event (e.g. an index build)."""
+  t = cfg.train
+  n = min(t.log_every, t.num_steps - step, t.checkpoint_every - step % t.checkpoint_every)
+  if use_valid:
+    n = min(n, t.eval_every - step % t.eval_every)
+  return n if next_event is None else max(1, min(n, next_event - step))
 
 
 def run_evaluation(task, params, aux, ds: RecDataset, cfg, split: str, max_users: int = 0):
@@ -314,8 +326,8 @@ def build_training(cfg: ml_collections.ConfigDict) -> TrainingSetup:
   logging.info("%s; %s", ds.summary(), hardware_description(mesh))
   task = build_task(cfg, ds)
   t = cfg.train
-  data = DeviceInteractions.from_dataset(ds, task.history_len, t.get("max_sequence", 0),
-                                         t.get("sample_unit", "pair"))
+  data = DeviceInteractions.from_dataset(ds, task.history_len, t.max_sequence,
+                                         t.sample_unit)
   init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
   example = sample_batch(train_key, data, t.batch_size, t.num_negatives, task.history)
   params, aux = task.init(init_key, example)
@@ -324,7 +336,7 @@ def build_training(cfg: ml_collections.ConfigDict) -> TrainingSetup:
                      key=train_key, bad_step=jnp.int32(-1))
   # Every process built the same values from the same seed; each keeps its devices' shards.
   state_sharding = sharding.state_shardings(state, mesh,
-                                            cfg.get("mesh", {}).get("shard_min_rows", 1024))
+                                            cfg.mesh.shard_min_rows)
   return TrainingSetup(
       ds=ds, task=task, tx=tx, mesh=mesh, state_sharding=state_sharding,
       state=sharding.put(state, state_sharding),
@@ -375,10 +387,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   start = time.time()
   with _StopOnSigterm() as sigterm:
     while step < t.num_steps and not stopper.should_stop:
-      # Chunks end on every log, checkpoint and validation boundary.
-      n = min(t.log_every, t.num_steps - step, t.checkpoint_every - step % t.checkpoint_every)
-      if use_valid:
-        n = min(n, t.eval_every - step % t.eval_every)
+      n = chunk_length(step, cfg, use_valid, task.next_event(step, state.aux))
       state, metrics = train_chunk(state, data, n)
       bad = int(state.bad_step)
       if bad >= 0:
@@ -425,11 +434,11 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   params, aux = sharding.local_view((params, aux))
   eval_started = time.time()
   result = run_evaluation(task, params, aux, ds, cfg, cfg.eval.split)
-  if cfg.eval.get("ne_negatives", 10) > 0:
+  if cfg.eval.ne_negatives > 0:
     result.metrics["ne"] = heldout_ne(
         task.scorer(params, aux), ds,
         user_batch_for_eval(ds, task.history_len, include_valid=(cfg.eval.split == "test")),
-        cfg.eval.split, negatives_per_positive=cfg.eval.get("ne_negatives", 10), seed=cfg.seed,
+        cfg.eval.split, negatives_per_positive=cfg.eval.ne_negatives, seed=cfg.seed,
         user_chunk=cfg.eval.user_chunk)
   eval_seconds, beam_started = time.time() - eval_started, time.time()
   beam = beam_search_metrics(task, params, aux, ds, cfg, result)

@@ -55,10 +55,9 @@ import optax
 from hsnn_jax.data.types import CSR, RecDataset, concat_rows
 from hsnn_jax.index.kmeans import kmeans_index
 from hsnn_jax.index.published import PublishedIndex
-from hsnn_jax.models import hsnn
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.retrieval.beam_search import encode_ids
-from hsnn_jax.train import losses, task_hsnn
+from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch, user_batch_for_eval
 from hsnn_jax.train.trainer import Trained, run_evaluation
 
@@ -207,18 +206,10 @@ def trainable_mask(params: Any, which: str) -> Any:
   return jax.tree_util.tree_map_with_path(lambda p, _: which == "all" or is_user_side(p), params)
 
 
-def ttt_scorer_fn(trained: Trained,
-                  run_cfg: ml_collections.ConfigDict | None = None) -> Callable[[Any], Scorer]:
-  """params -> Scorer, differentiable in params: the run's own scorer, or for an 'hsnn' run
-  (which needs `run_cfg`) its item-level MoNN."""
-  if not isinstance(trained.aux, task_hsnn.HSNNAux):
-    return lambda params: trained.task.scorer(params, trained.aux)
-  if run_cfg is None:
-    raise ValueError("an 'hsnn' run needs run_cfg (its training config) to build the "
-                     "item-level scorer that test-time training differentiates")
-  m = run_cfg.model
-  model = task_hsnn.hsnn_model(m, trained.ds, trained.aux.item_keys)
-  return lambda params: hsnn.item_scorer(model, params, m.history_len)
+def ttt_scorer_fn(trained: Trained) -> Callable[[Any], Scorer]:
+  """params -> Scorer, differentiable in params: what the run's task fine-tunes (its own
+  scorer, or for an 'hsnn' run its item-level MoNN)."""
+  return trained.task.scorer_of_params(trained.aux)
 
 
 def _gather_users(users: UserBatch, ids: jax.Array) -> UserBatch:
@@ -295,7 +286,7 @@ class TTTSetup:
 
 
 def prepare(trained: Trained, index: PublishedIndex, cfg: ml_collections.ConfigDict,
-            run_cfg: ml_collections.ConfigDict | None = None, split: str = "test") -> TTTSetup:
+            split: str = "test") -> TTTSetup:
   """Validates cfg against the index and builds the examples and device arrays (host side)."""
   validate_config(cfg, index.num_levels)
   ds = trained.ds
@@ -304,7 +295,7 @@ def prepare(trained: Trained, index: PublishedIndex, cfg: ml_collections.ConfigD
   rates = level_rates(cfg, index.num_levels)
   examples = sample_examples(known_items(ds, split), np.asarray(index.item_path), rates, cfg.seed)
   history_len = trained.task.history_len
-  scorer_fn = ttt_scorer_fn(trained, run_cfg)
+  scorer_fn = ttt_scorer_fn(trained)
   nodes, node_repr = node_inputs(scorer_fn(trained.params), index, len(rates), cfg.node_repr)
   return TTTSetup(
       examples=jax.tree.map(jnp.asarray, examples), nodes=nodes,
@@ -420,10 +411,10 @@ def node_loss(params, setup: TTTSetup, chunk: int = 4096) -> np.ndarray:
 
 
 def test_time_train(trained: Trained, index: PublishedIndex, cfg: ml_collections.ConfigDict,
-                    run_cfg: ml_collections.ConfigDict | None = None, split: str = "test"):
+                    split: str = "test"):
   """Fine-tuned parameters of `trained` (same structure; aux is unchanged). `split` sets which
-  items count as known (see known_items); `run_cfg` is needed for 'hsnn' runs only."""
-  setup = prepare(trained, index, cfg, run_cfg, split)
+  items count as known (see known_items)."""
+  setup = prepare(trained, index, cfg, split)
   params, _ = fine_tune(trained.params, setup, cfg)
   return params
 
@@ -440,7 +431,7 @@ def evaluate_ttt(trained: Trained, index: PublishedIndex, cfg: ml_collections.Co
   'node_loss_before' / 'node_loss_after': [D] mean CE on the examples, 'loss': {part: first
   and last step}, 'node_repr' as resolved, 'seconds': fine-tuning wall time, 'config'}.
   """
-  setup = prepare(trained, index, cfg, run_cfg, split)
+  setup = prepare(trained, index, cfg, split)
   task, ds = trained.task, trained.ds
   if before is None:
     before = run_evaluation(task, trained.params, trained.aux, ds, run_cfg, split).metrics
@@ -475,7 +466,7 @@ def index_for_run(trained: Trained, nodes_per_level: Sequence[int], seed: int = 
   path = os.path.join(workdir, "index.npz") if workdir else None
   if path and os.path.exists(path):
     return PublishedIndex.load(path)
-  if isinstance(trained.aux, task_hsnn.HSNNAux):
+  if trained.task.has_own_index:
     raise ValueError(f"an 'hsnn' run's index is <workdir>/index.npz; not found (workdir "
                      f"{workdir!r})")
   return kmeans_index(jax.random.PRNGKey(seed), item_vectors(trained.scorer(), trained.ds.num_items),

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsnn_jax.eval.metrics import hit_matrix, ranking_metrics
+from hsnn_jax.eval.metrics import ranking_metrics
+from hsnn_jax.retrieval.topk import hit_matrix
 from hsnn_jax.models.scorer import Scorer
 from hsnn_jax.retrieval.beam_search import RetrievalResult
 

@@ -1,0 +1,140 @@
+"""What the trainer needs from a model kind, and the pieces every kind shares.
+
+A `RetrievalTask` binds a Flax module to a dataset and a loss, so one train loop serves the
+two-tower baseline, MoNN and HSNN. A `ModelKind` is what one kind registers in tasks.py: its
+name, its builder, the defaults of its `config.model` section and its config checks. Each kind
+lives in its own module (task_two_tower.py, task_monn.py, task_hsnn.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hsnn_jax.data.types import RecDataset
+from hsnn_jax.models.scorer import Scorer
+from hsnn_jax.train import losses
+from hsnn_jax.train.sampler import Batch, DeviceInteractions
+
+
+def _no_hook(step, params, aux):
+  del step
+  return params, aux
+
+
+def _no_export(params, aux, workdir):
+  del params, aux, workdir
+
+
+def _never(step, aux):
+  del step, aux
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalTask:
+  """How the trainer drives one model kind.
+
+  init(key, batch) -> (params, aux): trainable parameters and non-trainable state (e.g. the
+    index state or an EMA teacher; `()` when there is none). Both are checkpointed.
+  loss(params, aux, batch, key, data, step) -> (scalar, (metrics dict, new aux)); jitted.
+  scorer(params, aux) -> Scorer, the retrieval view used for evaluation.
+  between_chunks(step, params, aux) -> (params, aux): host-side work after training step
+    `step` (e.g. an index event); the identity by default.
+  next_event(step, aux) -> the first step > `step` where between_chunks has work, or None: the
+    trainer ends a chunk there, so such work happens on exact steps whatever the log cadence.
+  report(params, aux) -> dict merged into results.json (e.g. index health).
+  export(params, aux, workdir) -> None: writes serving artifacts (e.g. the published index).
+  hierarchy(params, aux) -> eval.hierarchical.Hierarchy, or None: the model's own index and
+    stage scorers for beam search (HSNN); other models get a separately learned one.
+  differentiable_scorer(aux) -> (params -> Scorer), differentiable in params: what test-time
+    training fine-tunes; the evaluation scorer by default.
+  has_own_index: whether the model learns its index (HSNN); test-time training then takes its
+    nodes from the run's index.npz instead of clustering.
+  history: the sampler's history mode ('causal' | 'full' | 'none').
+  """
+
+  init: Callable[[jax.Array, Batch], Tuple[Any, Any]]
+  loss: Callable[..., Tuple[jax.Array, Tuple[Dict[str, jax.Array], Any]]]
+  scorer: Callable[[Any, Any], Scorer]
+  history: str
+  history_len: int
+  between_chunks: Callable[[int, Any, Any], Tuple[Any, Any]] = _no_hook
+  next_event: Callable[[int, Any], Optional[int]] = _never
+  report: Callable[[Any, Any], dict] = lambda params, aux: {}
+  export: Callable[[Any, Any, str], None] = _no_export
+  hierarchy: Optional[Callable[[Any, Any], Any]] = None
+  differentiable_scorer: Optional[Callable[[Any], Callable[[Any], Scorer]]] = None
+  has_own_index: bool = False
+
+  def scorer_of_params(self, aux) -> Callable[[Any], Scorer]:
+    """params -> Scorer for test-time training (see differentiable_scorer)."""
+    if self.differentiable_scorer is not None:
+      return self.differentiable_scorer(aux)
+    return lambda params: self.scorer(params, aux)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+  """One model kind, as registered in tasks.py.
+
+  build(config, dataset) -> RetrievalTask.
+  default_model_config(**fields) -> the kind's `config.model` section (its only defaults).
+  config_errors(config) -> a list of "field=value: expected" strings (validated before any
+    data loads, with the shared checks of config_check.py).
+  """
+
+  name: str
+  build: Callable[[ml_collections.ConfigDict, RecDataset], RetrievalTask]
+  default_model_config: Callable[..., ml_collections.ConfigDict]
+  config_errors: Callable[[ml_collections.ConfigDict], List[str]]
+
+
+class Checks:
+  """Collects config errors: `need(condition, field, value, expected)`; `errors` at the end."""
+
+  def __init__(self):
+    self.errors: List[str] = []
+
+  def need(self, condition, field: str, value, expected: str) -> None:
+    if not condition:
+      self.errors.append(f"{field}={value!r}: {expected}")
+
+
+def item_keys_array(ds: RecDataset, max_keys: int = 0) -> np.ndarray | None:
+  """[num_items, A] int32 attribute keys, -1 padded (None when the dataset has no attributes)."""
+  if ds.item_attrs is None:
+    return None
+  keys, _ = ds.item_attrs.to_padded(max_keys or None, pad=-1, keep="first")
+  return keys
+
+
+def sampled_loss(logits: jax.Array, batch: Batch, data: DeviceInteractions,
+                 train: ml_collections.ConfigDict) -> jax.Array:
+  """The configured retrieval loss of logits [B, B + S] over the batch's candidates."""
+  candidates = jnp.concatenate([batch.positives, batch.negatives])
+  logq = (losses.logq_offsets(batch.positives, batch.negatives, data.item_logq, data.num_items)
+          if train.logq_correction else None)
+  return losses.retrieval_loss(logits, batch.positives, candidates, kind=train.loss, logq=logq,
+                               weights=row_weights(batch, data, train),
+                               known=known_mask(batch, candidates, data, train))
+
+
+def known_mask(batch: Batch, candidates, data: DeviceInteractions,
+               train: ml_collections.ConfigDict):
+  """[B, C] bool: candidates among the row user's training items (its latest history_len), when
+  train.exclude_known_negatives; else None. Ranking excludes training items, so they need not
+  be pushed below the positive either."""
+  if not train.exclude_known_negatives:
+    return None
+  return losses.known_candidates(data.recent[batch.users.user], candidates)
+
+
+def row_weights(batch: Batch, data: DeviceInteractions, train: ml_collections.ConfigDict):
+  """[B] per-example weights from train.user_weight_power, or None when it is 0."""
+  power = train.user_weight_power
+  return losses.user_weights(batch.users.user, data.users, power) if power > 0 else None
