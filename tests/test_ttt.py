@@ -18,6 +18,7 @@ from experiments.configs import tiny, tiny_hsnn, tiny_monn
 from hsnn_jax.data import synthetic
 from hsnn_jax.data.types import CSR
 from hsnn_jax.index.publish import publish_index
+from hsnn_jax.models import hsnn
 from hsnn_jax.train import tasks, trainer, ttt
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch, user_batch_for_eval
 
@@ -187,7 +188,7 @@ def test_user_side_parameters_are_exactly_those_only_the_user_tower_reads(plante
   user_out, item_out = jax.jit(lambda p: (
       jax.grad(lambda q: _weighted_sum(scorer_fn(q).encode_users(users), 0))(p),
       jax.grad(lambda q: _weighted_sum(scorer_fn(q).encode_items(items), 100))(p)))(run.params)
-  mask = ttt.trainable_mask(run.params, "user")
+  mask = ttt.trainable_mask(run.params, "user", run.task.is_user_param)
   flags = jax.tree.leaves(mask)
   assert any(flags)
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(run.params)]
@@ -197,7 +198,7 @@ def test_user_side_parameters_are_exactly_those_only_the_user_tower_reads(plante
       assert not reads_item, f"{path} is marked user-side but item reprs depend on it"
     elif reads_user:
       assert reads_item, f"{path} is read only by the user tower but not marked user-side"
-  assert all(jax.tree.leaves(ttt.trainable_mask(run.params, "all")))
+  assert all(jax.tree.leaves(ttt.trainable_mask(run.params, "all", run.task.is_user_param)))
 
 
 def test_user_finetuning_leaves_item_side_bit_identical_and_fits_its_examples(two_tower):
@@ -207,7 +208,7 @@ def test_user_finetuning_leaves_item_side_bit_identical_and_fits_its_examples(tw
   assert setup.node_repr == "embedding"  # a two-tower on its own index
   new, parts = ttt.fine_tune(run.params, setup, c)
   assert parts["total"].shape == (30,) and np.isfinite(np.asarray(parts["total"])).all()
-  mask = ttt.trainable_mask(run.params, "user")
+  mask = ttt.trainable_mask(run.params, "user", run.task.is_user_param)
   for flag, old_leaf, new_leaf in zip(jax.tree.leaves(mask), jax.tree.leaves(run.params),
                                       jax.tree.leaves(new)):
     if flag:
@@ -256,7 +257,7 @@ def test_hsnn_run_uses_its_exported_index_and_item_level_scorer(hsnn_run, tmp_pa
   changed = {jax.tree_util.keystr(p) for (p, a), b in zip(
       jax.tree_util.tree_leaves_with_path(run.params), jax.tree.leaves(new))
       if not np.array_equal(a, b)}
-  assert changed and all(p.startswith("['item_model']") and ttt.USER_SIDE_NAMES & set(
+  assert changed and all(p.startswith("['item_model']") and hsnn.USER_SIDE_PARAMS & set(
       p.replace("'", "").strip("[]").split("][")) for p in changed), changed
 
 

@@ -42,11 +42,15 @@ from hsnn_jax.index.config import IndexConfig
 from hsnn_jax.index.residual_quantizer import (ResidualQuantizer, ResidualQuantizerOutput,
                                                prefix_ids, prefix_softs, prefix_vectors)
 from hsnn_jax.models.flops import bound_scorer_flops
+from hsnn_jax.models import monn as monn_lib
 from hsnn_jax.models.monn import NUM_ITEM_FIELDS, MoNN, MoNNConfig, make_scorer
 from hsnn_jax.models.scorer import Scorer, UserBatch
 
 
 LEVEL_SCORING = ("pairs", "nodes")
+# Parameters read only by the user side: the MoNNs' and the node MoNNs' user summary, the
+# embedding head of <u, v>.
+USER_SIDE_PARAMS = monn_lib.USER_SIDE_PARAMS | {"user_summary", "user_head"}
 
 
 @dataclasses.dataclass(frozen=True)

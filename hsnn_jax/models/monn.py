@@ -36,6 +36,7 @@ import numpy as np
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.models import flops as flops_lib
 from hsnn_jax.models import i2if
+from hsnn_jax.models import overarch as overarch_lib
 from hsnn_jax.models.overarch import OverArch
 from hsnn_jax.models.scorer import Scorer, UserBatch
 from hsnn_jax.models.tower import Tower
@@ -129,6 +130,9 @@ PRESET_NAMES = tuple(_PRESETS)
 
 # The item tower's fields: the item id's embedding and the mean of its keys' embeddings.
 NUM_ITEM_FIELDS = 2
+# Parameters read only by the user side (test-time training fine-tunes these).
+USER_SIDE_PARAMS = frozenset({"user_embed", "feature_embed", "user_tower"}) | (
+    overarch_lib.USER_SIDE_PARAMS)
 
 
 def monn_preset(preset: str, **overrides: Any) -> MoNNConfig:

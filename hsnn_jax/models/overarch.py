@@ -28,6 +28,9 @@ import jax.numpy as jnp
 
 from hsnn_jax.models.tower import field_pairs
 
+# Parameters of the user-side terms (OverArch.user_side), read by no item.
+USER_SIDE_PARAMS = frozenset({"project_user", "dot_user", "mlp_user"})
+
 
 def self_dots(tokens: jax.Array) -> jax.Array:
   """Dot products of every unordered pair of tokens: [..., E, D] -> [..., E (E - 1) / 2]."""

@@ -32,6 +32,10 @@ from hsnn_jax.models.scorer import Scorer, UserBatch
 USER_TOWERS = ("id", "id_pooled", "sequence", "lightgcn")
 SCORES = ("dot", "cosine")
 HISTORY_PROJS = ("dense", "identity")
+# Parameters read only by the user tower (test-time training fine-tunes these): by name, and
+# the sequence tower's CausalBlocks by pattern.
+USER_SIDE_PARAMS = frozenset({"user_id", "history_proj", "position", "final_norm"})
+USER_SIDE_PATTERN = r"block\d+"
 
 
 @dataclasses.dataclass(frozen=True)

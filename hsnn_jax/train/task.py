@@ -9,6 +9,7 @@ lives in its own module (task_two_tower.py, task_monn.py, task_hsnn.py).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
@@ -55,6 +56,8 @@ class RetrievalTask:
     training fine-tunes; the evaluation scorer by default.
   has_own_index: whether the model learns its index (HSNN); test-time training then takes its
     nodes from the run's index.npz instead of clustering.
+  is_user_param(key path) -> whether that parameter is read by the user side alone (what
+    test-time training fine-tunes by default); see `user_side_params`.
   history: the sampler's history mode ('causal' | 'full' | 'none').
   """
 
@@ -70,6 +73,7 @@ class RetrievalTask:
   hierarchy: Optional[Callable[[Any, Any], Any]] = None
   differentiable_scorer: Optional[Callable[[Any], Callable[[Any], Scorer]]] = None
   has_own_index: bool = False
+  is_user_param: Callable[[Any], bool] = lambda path: False
 
   def scorer_of_params(self, aux) -> Callable[[Any], Scorer]:
     """params -> Scorer for test-time training (see differentiable_scorer)."""
@@ -103,6 +107,18 @@ class Checks:
   def need(self, condition, field: str, value, expected: str) -> None:
     if not condition:
       self.errors.append(f"{field}={value!r}: {expected}")
+
+
+def user_side_params(names: frozenset, pattern: Optional[str] = None) -> Callable[[Any], bool]:
+  """A predicate on parameter key paths: true when a path component is one of `names` (or
+  matches `pattern` in full)."""
+  compiled = re.compile(pattern) if pattern else None
+
+  def is_user_param(path) -> bool:
+    parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    return any(p in names or (compiled is not None and compiled.fullmatch(p)) for p in parts)
+
+  return is_user_param
 
 
 def item_keys_array(ds: RecDataset, max_keys: int = 0) -> np.ndarray | None:

@@ -49,7 +49,8 @@ from hsnn_jax.models.monn import PRESET_NAMES
 from hsnn_jax.train import hsnn_serving, losses
 from hsnn_jax.train.hsnn_loss import HSNNLossWeights, distillation_loss, ema, hsnn_loss
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
-from hsnn_jax.train.task import Checks, ModelKind, RetrievalTask, item_keys_array, sampled_loss
+from hsnn_jax.train.task import (Checks, ModelKind, RetrievalTask, item_keys_array, sampled_loss,
+                                 user_side_params)
 from hsnn_jax.train.task_monn import HISTORY_MODES, monn_config, override_errors
 
 EVAL_SCORERS = ("ensemble", "item")
@@ -234,7 +235,8 @@ class HSNNTask:
             params, aux.index, self.lifecycle.config.nodes_per_level, self.ds),
         export=lambda params, aux, workdir: self.serving(params, aux).export(workdir),
         hierarchy=lambda params, aux: self.serving(params, aux).hierarchy(),
-        differentiable_scorer=self.item_level_scorer, has_own_index=True)
+        differentiable_scorer=self.item_level_scorer, has_own_index=True,
+        is_user_param=user_side_params(hsnn.USER_SIDE_PARAMS))
 
 
 def build(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:

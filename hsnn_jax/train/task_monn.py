@@ -19,7 +19,8 @@ import ml_collections
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.models import monn
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
-from hsnn_jax.train.task import Checks, ModelKind, RetrievalTask, sampled_loss
+from hsnn_jax.train.task import (Checks, ModelKind, RetrievalTask, sampled_loss,
+                                 user_side_params)
 
 HISTORY_MODES = ("full", "causal")
 
@@ -68,7 +69,8 @@ def build(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
 
   return RetrievalTask(
       init=init, loss=loss, history=m.history, history_len=m.history_len,
-      scorer=lambda params, aux: monn.make_scorer(module, params, history_len=m.history_len))
+      scorer=lambda params, aux: monn.make_scorer(module, params, history_len=m.history_len),
+      is_user_param=user_side_params(monn.USER_SIDE_PARAMS))
 
 
 def _without_attrs(ds: RecDataset) -> RecDataset:

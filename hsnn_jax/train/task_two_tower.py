@@ -18,7 +18,7 @@ from hsnn_jax.models.graph import BipartiteGraph
 from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
 from hsnn_jax.train.task import (Checks, ModelKind, RetrievalTask, item_keys_array, known_mask,
-                                 row_weights, sampled_loss)
+                                 row_weights, sampled_loss, user_side_params)
 
 
 def default_model_config(**fields) -> ml_collections.ConfigDict:
@@ -127,7 +127,9 @@ def build(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
     return value, ({"loss": value}, aux)
 
   return RetrievalTask(init=init, loss=loss, scorer=lambda p, aux: two_tower.make_scorer(module, p),
-                       history=history, history_len=m.history_len)
+                       history=history, history_len=m.history_len,
+                       is_user_param=user_side_params(two_tower.USER_SIDE_PARAMS,
+                                                      two_tower.USER_SIDE_PATTERN))
 
 
 KIND = ModelKind("two_tower", build, default_model_config, config_errors)

@@ -29,9 +29,9 @@ item-level MoNN: the run's ensemble scorer publishes its index on the host, so i
 differentiated. Evaluation always uses the run's own scorer (run_evaluation).
 
 Trainable parameters (`params`): 'all', or 'user' (the default): only the leaves that the user
-side alone reads, found by name (USER_SIDE_NAMES: the two-tower user id / history projection /
-sequence tower, the MoNN user embeddings and user tower, the OverArch's user-side projections,
-HSNN's user head). Shared item tables (histories are pooled from the item table) stay frozen, so
+side alone reads, as the run's task says (`RetrievalTask.is_user_param`, from each model's
+USER_SIDE_PARAMS: the two-tower user id / history projection / sequence tower, the MoNN user
+embeddings and user tower, the OverArch's user-side projections, HSNN's user head). Shared item tables (histories are pooled from the item table) stay frozen, so
 the corpus's item representations, and any index built on them, are unchanged. Adam with a
 constant learning rate; all steps run in one jitted scan.
 """
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -63,13 +62,6 @@ from hsnn_jax.train.trainer import Trained, run_evaluation
 
 PARAM_SETS = ("user", "all")
 NODE_REPRS = ("auto", "representative", "embedding")
-# Parameter-path names read only by a user tower (two_tower.py, monn.py, overarch.py, hsnn.py).
-USER_SIDE_NAMES = frozenset({
-    "user_id", "history_proj", "position", "final_norm",  # two-tower
-    "user_embed", "feature_embed", "user_tower", "user_summary",  # MoNN / NodeMoNN
-    "project_user", "dot_user", "mlp_user",  # OverArch.user_side
-    "user_head"})  # HSNN
-_SEQUENCE_BLOCK = re.compile(r"block\d+")  # two-tower CausalBlocks (not OverArch 'blocks_0')
 
 
 def default_ttt_config(**fields) -> ml_collections.ConfigDict:
@@ -190,20 +182,13 @@ def known_items(ds: RecDataset, split: str) -> CSR:
   return ds.train
 
 
-def _path_names(path) -> list[str]:
-  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-
-
-def is_user_side(path) -> bool:
-  """Whether a parameter path (jax.tree_util key path) belongs to a user tower."""
-  return any(n in USER_SIDE_NAMES or _SEQUENCE_BLOCK.fullmatch(n) for n in _path_names(path))
-
-
-def trainable_mask(params: Any, which: str) -> Any:
-  """A pytree of Python bools like `params`: True where `which` ('user' | 'all') trains."""
+def trainable_mask(params: Any, which: str, is_user_param: Callable[[Any], bool]) -> Any:
+  """A pytree of Python bools like `params`: True where `which` ('user' | 'all') trains;
+  is_user_param: the run's task's (RetrievalTask.is_user_param)."""
   if which not in PARAM_SETS:
     raise ValueError(f"params={which!r}: expected one of {PARAM_SETS}")
-  return jax.tree_util.tree_map_with_path(lambda p, _: which == "all" or is_user_side(p), params)
+  return jax.tree_util.tree_map_with_path(lambda p, _: which == "all" or is_user_param(p),
+                                          params)
 
 
 def ttt_scorer_fn(trained: Trained) -> Callable[[Any], Scorer]:
@@ -303,7 +288,7 @@ def prepare(trained: Trained, index: PublishedIndex, cfg: ml_collections.ConfigD
           np.arange(ds.num_users)),
       anchor=DeviceInteractions.from_dataset(ds, history_len) if cfg.anchor_weight > 0 else None,
       history=trained.task.history, scorer_fn=scorer_fn,
-      trainable=tuple(jax.tree.leaves(trainable_mask(trained.params, cfg.params))),
+      trainable=tuple(jax.tree.leaves(trainable_mask(trained.params, cfg.params, trained.task.is_user_param))),
       node_repr=node_repr)
 
 
