@@ -256,7 +256,8 @@ _NOT_IDENTITY = ("cache_dir", "progress_bar")
 # refreshed its codes after every chunk: every 100 steps at the default log cadence).
 _ADDED_FIELDS = {("eval", "valid_users"): 0, ("eval", "beam_widths"): [],
                  ("eval", "beam_max_items"): 0, ("train", "eval_start"): 0,
-                 ("model", "level_scoring"): "pairs", ("model", "index", "refresh_every"): 100}
+                 ("model", "level_scoring"): "pairs", ("model", "index", "refresh_every"): 100,
+                 ("model", "base_workdir"): "", ("model", "base_weight"): 1.0}
 
 
 def run_identity(cfg: ml_collections.ConfigDict | dict) -> dict:

@@ -51,4 +51,6 @@ def get_config(preset: str = "cpu"):
   c.train.eval_start = 1500  # the best checkpoint is one with the index in place
   c.eval.beam_widths = (4, 32)
   c.eval.beam_max_items = 2048  # a fixed item budget: leaves are uneven, padding is not free
+  if preset == "warm":
+    beauty_monn_small.warm(c)
   return c

@@ -23,12 +23,14 @@ Presets:
 from experiments.configs import beauty_two_tower
 from hsnn_jax.train import task_monn
 
-PRESETS = ("cpu", "accelerator")
+PRESETS = ("cpu", "accelerator", "warm")
 
 
 def get_config(preset: str = "cpu"):
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; known: {PRESETS}")
+  if preset == "warm":
+    return warm(get_config("cpu"))
   c = beauty_two_tower.get_config()  # data, schedule, early stopping, metrics
   c.model = task_monn.default_model_config(preset="monn_small", history="causal", item_attrs=True)
   c.train.learning_rate = 3e-3
@@ -49,4 +51,14 @@ def get_config(preset: str = "cpu"):
   c.eval.valid_users = 1000
   c.eval.user_chunk = 32  # small chunks: faster full-corpus scoring on CPU (README)
   c.eval.item_chunk = 1024
+  return c
+
+
+BASE_WORKDIR = "runs/beauty_sasrec"  # where the README's base command writes its run
+
+
+def warm(c):
+  """The 'warm' preset over a cpu config (MoNN or HSNN): a residual over the trained base."""
+  c.model.base_workdir = BASE_WORKDIR
+  c.model.history_len = 50  # the base's SASRec window: it reads the model's history
   return c

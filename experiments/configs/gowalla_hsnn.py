@@ -48,4 +48,6 @@ def get_config(preset: str = "cpu"):
   c.model.index.nodes_per_level = (32, 16)
   c.eval.beam_widths = (8, 64)
   c.eval.beam_max_items = 4096
+  if preset == "warm":
+    gowalla_monn_small.warm(c)
   return c

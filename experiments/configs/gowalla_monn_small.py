@@ -21,12 +21,14 @@ Presets:
 from experiments.configs import gowalla_two_tower
 from hsnn_jax.train import task_monn
 
-PRESETS = ("cpu", "accelerator")
+PRESETS = ("cpu", "accelerator", "warm")
 
 
 def get_config(preset: str = "cpu"):
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; known: {PRESETS}")
+  if preset == "warm":
+    return warm(get_config("cpu"))
   c = gowalla_two_tower.get_config()  # data, schedule, metrics
   c.model = task_monn.default_model_config(preset="monn_small", history="full")
   c.train.learning_rate = 3e-3
@@ -44,4 +46,13 @@ def get_config(preset: str = "cpu"):
   c.train.num_steps = 6000
   c.eval.user_chunk = 32  # small chunks: faster full-corpus scoring on CPU (README)
   c.eval.item_chunk = 1024
+  return c
+
+
+BASE_WORKDIR = "runs/gowalla_two_tower"  # where the README's base command writes its run
+
+
+def warm(c):
+  """The 'warm' preset over a cpu config (MoNN or HSNN): a residual over the trained base."""
+  c.model.base_workdir = BASE_WORKDIR
   return c

@@ -289,15 +289,20 @@ class HSNN(nn.Module):
     return logits, predictions
 
   def train_outputs(self, users: UserBatch, candidates: jax.Array, alpha,
-                    codes: Optional[jax.Array] = None) -> HSNNTrainOutput:
+                    codes: Optional[jax.Array] = None,
+                    base_logits: Optional[jax.Array] = None) -> HSNNTrainOutput:
     """Every level on B users x C candidate items; alpha: the assignment temperature.
 
     codes [C, L]: the candidates' codes in a fixed index (SIL, EM): the index levels then see
     the hard node embeddings of those codes instead of the soft c̄_l.
+    base_logits [B, C]: a frozen base's logits, added to the item level's (a residual item
+    level, train/task.py FrozenBase).
     """
     model = self.item_model
     user, item = model.encode_users(users), model.encode_items(candidates)
     item_logits, pair = model.score_and_interaction(user, item)
+    if base_logits is not None:
+      item_logits = item_logits + base_logits[..., None]
     item_interaction = None if pair is None else pair.reshape(pair.shape[0], pair.shape[1], -1)
     u = self._embed(self.user_head, user.tower)
     v = self._embed(self.item_head, item.tower)

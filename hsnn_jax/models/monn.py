@@ -303,6 +303,18 @@ class MoNN(nn.Module):
                user_feature_sizes=tuple(int(s) for s in dataset.user_feature_sizes))
 
 
+def zero_output(params: Any) -> Any:
+  """MoNN params with the output layer zeroed (OverArch head, or the dot product's task
+  scale): every logit is 0 until it trains, so a residual model starts exactly at its base."""
+  params = dict(params)
+  if "overarch" in params:
+    head = jax.tree.map(jnp.zeros_like, params["overarch"]["head"])
+    params["overarch"] = {**params["overarch"], "head": head}
+  else:
+    params["task_scale"] = jnp.zeros_like(params["task_scale"])
+  return params
+
+
 def pair_logits(model: MoNN, params: Any, users: UserBatch, item_ids: jax.Array) -> jax.Array:
   """Aligned training pairs: user b with item_ids[b] -> [B, num_tasks] logits."""
   variables = {"params": params}

@@ -65,6 +65,24 @@ class Scorer:
   name: str = "scorer"
 
 
+def add_scorers(a: Scorer, b: Scorer, weight_b: float = 1.0) -> Scorer:
+  """The Scorer of a.score + weight_b * b.score: reprs are (a's, b's) pairs, costs add up."""
+
+  def encode_users(users: UserBatch) -> PyTree:
+    return a.encode_users(users), b.encode_users(users)
+
+  def encode_items(item_ids: jax.Array) -> PyTree:
+    return a.encode_items(item_ids), b.encode_items(item_ids)
+
+  def score(user: PyTree, item: PyTree) -> jax.Array:
+    return a.score(user[0], item[0]) + weight_b * b.score(user[1], item[1])
+
+  return Scorer(encode_users=encode_users, encode_items=encode_items, score=score,
+                flops_per_pair=a.flops_per_pair + b.flops_per_pair,
+                flops_per_query=a.flops_per_query + b.flops_per_query,
+                flops_per_item=a.flops_per_item + b.flops_per_item, name=f"{a.name}+{b.name}")
+
+
 def take_reprs(repr_tree: PyTree, idx: jax.Array) -> PyTree:
   """Gathers rows of every leaf: leaf[idx] (idx of any shape, leaf leading dim N)."""
   return jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), repr_tree)

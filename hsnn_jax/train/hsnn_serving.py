@@ -30,11 +30,14 @@ from hsnn_jax.retrieval.beam_search import (encode_ids, item_level_scorer,
 
 class HSNNServing:
   """model: the HSNN with its current I2IF keys; codes [V, L] int32: every item's hard codes;
-  embeddings: () -> [V, d] item embeddings (computed only when the index is published)."""
+  embeddings: () -> [V, d] item embeddings (computed only when the index is published);
+  with_base: the item level's Scorer -> itself plus a frozen base's, if the run has one."""
 
   def __init__(self, model: hsnn.HSNN, params: Any, codes, embeddings: Callable[[], np.ndarray],
-               *, history_len: int, num_items: int, chunk: int, eval_scorer: str = "ensemble"):
+               *, history_len: int, num_items: int, chunk: int, eval_scorer: str = "ensemble",
+               with_base: Callable[[Scorer], Scorer] = lambda scorer: scorer):
     self.model, self.params, self.codes = model, params, np.asarray(codes)
+    self.with_base = with_base
     self._embeddings = embeddings
     self.history_len, self.num_items, self.chunk = history_len, num_items, chunk
     self.eval_scorer = eval_scorer
@@ -50,7 +53,7 @@ class HSNNServing:
 
   @functools.cached_property
   def item_scorer(self) -> Scorer:
-    return hsnn.item_scorer(self.model, self.params, self.history_len)
+    return self.with_base(hsnn.item_scorer(self.model, self.params, self.history_len))
 
   def ensemble_weights(self):
     return None if self.eval_scorer == "item" else np.asarray(self.params["ensemble"])

@@ -9,6 +9,7 @@ lives in its own module (task_two_tower.py, task_monn.py, task_hsnn.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from hsnn_jax.data.types import RecDataset
-from hsnn_jax.models.scorer import Scorer
+from hsnn_jax.models.scorer import Scorer, UserBatch, add_scorers
 from hsnn_jax.train import losses
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
 
@@ -58,6 +59,8 @@ class RetrievalTask:
     nodes from the run's index.npz instead of clustering.
   is_user_param(key path) -> whether that parameter is read by the user side alone (what
     test-time training fine-tunes by default); see `user_side_params`.
+  logits(params, users, candidates [C]) -> [B, C]: every (user, candidate) logit, deterministic;
+    set by kinds that can serve as another run's frozen base (FrozenBase), else None.
   history: the sampler's history mode ('causal' | 'full' | 'none').
   """
 
@@ -74,6 +77,7 @@ class RetrievalTask:
   differentiable_scorer: Optional[Callable[[Any], Callable[[Any], Scorer]]] = None
   has_own_index: bool = False
   is_user_param: Callable[[Any], bool] = lambda path: False
+  logits: Optional[Callable[[Any, UserBatch, jax.Array], jax.Array]] = None
 
   def scorer_of_params(self, aux) -> Callable[[Any], Scorer]:
     """params -> Scorer for test-time training (see differentiable_scorer)."""
@@ -86,7 +90,8 @@ class RetrievalTask:
 class ModelKind:
   """One model kind, as registered in tasks.py.
 
-  build(config, dataset) -> RetrievalTask.
+  build(config, dataset[, base]) -> RetrievalTask; kinds whose model section has
+    `base_workdir` (add_base_fields) also take a FrozenBase.
   default_model_config(**fields) -> the kind's `config.model` section (its only defaults).
   config_errors(config) -> a list of "field=value: expected" strings (validated before any
     data loads, with the shared checks of config_check.py).
@@ -96,6 +101,68 @@ class ModelKind:
   build: Callable[[ml_collections.ConfigDict, RecDataset], RetrievalTask]
   default_model_config: Callable[..., ml_collections.ConfigDict]
   config_errors: Callable[[ml_collections.ConfigDict], List[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBase:
+  """A trained run whose logits a MoNN or HSNN item level learns a residual over (warm start,
+  `model.base_workdir`): logit = own logit + weight * base logit, the base never updated.
+
+  params: the base's parameters (the kind keeps them in its aux, so they are state passed to the
+    jitted step, not constants compiled into it). logits / scorer: the base task's
+    `RetrievalTask.logits` and `scorer(params) -> Scorer`. The base reads the last
+    `history_len` items of the residual model's history ('none': it reads none).
+  """
+
+  params: Any
+  logits: Callable[[Any, UserBatch, jax.Array], jax.Array]
+  scorer: Callable[[Any], Scorer]
+  history: str
+  history_len: int
+  weight: float
+
+  def _users(self, users: UserBatch) -> UserBatch:
+    if self.history == "none":
+      return users
+    return users.replace(history=users.history[:, -self.history_len:])
+
+  def pair_logits(self, params, users: UserBatch, candidates: jax.Array) -> jax.Array:
+    """[B, C] weighted base logits, with no gradient."""
+    return self.weight * jax.lax.stop_gradient(self.logits(params, self._users(users), candidates))
+
+  def add_to(self, scorer: Scorer, params) -> Scorer:
+    """`scorer` plus the weighted base scorer (for evaluation and retrieval)."""
+    base = self.scorer(params)
+    encode = base.encode_users
+    base = dataclasses.replace(base, encode_users=lambda users: encode(self._users(users)))
+    return add_scorers(scorer, base, self.weight)
+
+  def check_compatible(self, history: str, history_len: int, where: str) -> None:
+    """Raises ValueError unless a model with this history can feed the base its own."""
+    if self.history == "none":
+      return
+    if self.history != history or self.history_len > history_len:
+      raise ValueError(
+          f"model.base_workdir={where!r}: its model reads a {self.history!r} history of "
+          f"{self.history_len} items, this run's model a {history!r} history of {history_len}; "
+          f"set model.history={self.history!r} and model.history_len >= {self.history_len}")
+
+
+def add_base_fields(m: ml_collections.ConfigDict) -> None:
+  """The warm-start fields of a `config.model` section whose kind takes a FrozenBase."""
+  m.base_workdir = ""  # a trained two-tower run: learn a residual over its logits [ours]
+  m.base_weight = 1.0  # logit = own logit + base_weight * base logit
+
+
+def base_config_errors(m: ml_collections.ConfigDict) -> List[str]:
+  """Checks of model.base_workdir / base_weight (kinds that accept a FrozenBase)."""
+  check = Checks()
+  if m.base_workdir:
+    path = os.path.join(m.base_workdir, "config.json")
+    check.need(os.path.isfile(path), "model.base_workdir", m.base_workdir,
+               f"a finished run's directory (no {path})")
+    check.need(m.base_weight > 0, "model.base_weight", m.base_weight, "> 0")
+  return check.errors
 
 
 class Checks:

@@ -28,7 +28,7 @@ item's index nodes (index/lifecycle.py), -1 before the index is built.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.struct
 import jax
@@ -45,11 +45,12 @@ from hsnn_jax.index.residual_quantizer import prefix_softs
 from hsnn_jax.index.schedule import alpha_schedule
 from hsnn_jax.models import hsnn
 from hsnn_jax.models.hsnn import LEVEL_SCORING
-from hsnn_jax.models.monn import PRESET_NAMES
+from hsnn_jax.models.monn import PRESET_NAMES, zero_output
 from hsnn_jax.train import hsnn_serving, losses
 from hsnn_jax.train.hsnn_loss import HSNNLossWeights, distillation_loss, ema, hsnn_loss
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
-from hsnn_jax.train.task import (Checks, ModelKind, RetrievalTask, item_keys_array, sampled_loss,
+from hsnn_jax.train.task import (Checks, FrozenBase, ModelKind, RetrievalTask, add_base_fields,
+                                 base_config_errors, item_keys_array, sampled_loss,
                                  user_side_params)
 from hsnn_jax.train.task_monn import HISTORY_MODES, monn_config, override_errors
 
@@ -85,6 +86,7 @@ def default_model_config(**fields) -> ml_collections.ConfigDict:
   m.eval_scorer = "ensemble"
   m.balance_over = "nodes"  # 'nodes': code prefixes (items per node); 'codewords': per level
   m.index = ml_collections.ConfigDict(dataclasses.asdict(IndexConfig()))  # incl. its schedule
+  add_base_fields(m)  # a frozen base under the item level (warm start)
   m.update(fields)
   return m
 
@@ -134,18 +136,22 @@ def hsnn_model(cfg: ml_collections.ConfigDict, ds: RecDataset, item_keys) -> hsn
 
 @flax.struct.dataclass
 class HSNNAux:
-  """Non-trainable state: the index (IndexState) and the EMA teacher of params['item_model']
-  (`()` without distillation)."""
+  """Non-trainable state: the index (IndexState), the EMA teacher of params['item_model']
+  (`()` without distillation) and the frozen base's parameters (`()` without a base)."""
 
   index: IndexState
   teacher: Any
+  base: Any = ()
 
 
 class HSNNTask:
   """The HSNN model, its index life cycle and its loss, bound to one config and dataset."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, ds: RecDataset):
-    self.cfg, self.ds, self.m = cfg, ds, cfg.model
+  def __init__(self, cfg: ml_collections.ConfigDict, ds: RecDataset,
+               base: Optional[FrozenBase] = None):
+    self.cfg, self.ds, self.m, self.base = cfg, ds, cfg.model, base
+    if base is not None:
+      base.check_compatible(self.m.history, self.m.history_len, self.m.base_workdir)
     self.lifecycle = index_lifecycle(cfg, ds)
     self.weights = HSNNLossWeights.from_config(self.m, self.lifecycle.config)
     self.initial_keys = initial_item_keys(cfg, ds)[0]
@@ -166,9 +172,13 @@ class HSNNTask:
     # One compiled init instead of thousands of eager ops (it was 10x slower on CPU).
     params = jax.jit(self.model(jnp.asarray(self.initial_keys)).init)(
         key, batch.users, candidates)["params"]
+    base = ()
+    if self.base is not None:  # the item level starts exactly at its base
+      params = {**params, "item_model": zero_output(params["item_model"])}
+      base = self.base.params
     index = self.lifecycle.initial_state(self.ds.num_items, self.initial_keys)
     teacher = jax.tree.map(jnp.copy, params["item_model"]) if self.m.distill_weight > 0 else ()
-    return self.update_index(0, params, HSNNAux(index=index, teacher=teacher))
+    return self.update_index(0, params, HSNNAux(index=index, teacher=teacher, base=base))
 
   def next_event(self, step: int, aux: HSNNAux):
     return self.lifecycle.next_event(step, aux.index)
@@ -189,8 +199,10 @@ class HSNNTask:
     candidates = jnp.concatenate([batch.positives, batch.negatives])
     alpha = alpha_schedule(step - index.built_at, t.num_steps - index.built_at, ic.max_alpha,
                            ic.alpha_exponent, ic.min_alpha)
+    base_logits = (None if self.base is None else
+                   self.base.pair_logits(aux.base, batch.users, candidates))
     out = model.apply({"params": params}, batch.users, candidates, alpha,
-                      self.lifecycle.fixed_codes(index, candidates),
+                      self.lifecycle.fixed_codes(index, candidates), base_logits,
                       method=hsnn.HSNN.train_outputs)
     rows = slice(batch.positives.shape[0], None) if batch.negatives.shape[0] else slice(None)
     softs = [soft[rows] for soft in out.quantized.soft]
@@ -219,12 +231,20 @@ class HSNNTask:
     return hsnn_serving.HSNNServing(self.model(aux.index.item_keys), params, aux.index.codes,
                                     lambda: self.embed_and_code(params, aux.index)[0],
                                     history_len=self.m.history_len, num_items=self.ds.num_items,
-                                    chunk=self.chunk, eval_scorer=self.m.eval_scorer)
+                                    chunk=self.chunk, eval_scorer=self.m.eval_scorer,
+                                    with_base=self.with_base(aux))
+
+  def with_base(self, aux: HSNNAux):
+    """Scorer -> the Scorer plus the frozen base's (the identity without a base)."""
+    if self.base is None:
+      return lambda scorer: scorer
+    return lambda scorer: self.base.add_to(scorer, aux.base)
 
   def item_level_scorer(self, aux: HSNNAux):
-    """params -> the item-level MoNN's Scorer, differentiable in params (test-time training)."""
-    model = self.model(aux.index.item_keys)
-    return lambda params: hsnn.item_scorer(model, params, self.m.history_len)
+    """params -> the item level's Scorer (with the base, if any), differentiable in params
+    (test-time training)."""
+    model, with_base = self.model(aux.index.item_keys), self.with_base(aux)
+    return lambda params: with_base(hsnn.item_scorer(model, params, self.m.history_len))
 
   def task(self) -> RetrievalTask:
     return RetrievalTask(
@@ -239,8 +259,9 @@ class HSNNTask:
         is_user_param=user_side_params(hsnn.USER_SIDE_PARAMS))
 
 
-def build(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
-  return HSNNTask(cfg, ds).task()
+def build(cfg: ml_collections.ConfigDict, ds: RecDataset,
+          base: Optional[FrozenBase] = None) -> RetrievalTask:
+  return HSNNTask(cfg, ds, base).task()
 
 
 def config_errors(cfg: ml_collections.ConfigDict) -> list:
@@ -278,7 +299,7 @@ def config_errors(cfg: ml_collections.ConfigDict) -> list:
   if cfg.eval.beam_widths:
     need(len(cfg.eval.beam_widths) == num_levels, "eval.beam_widths", cfg.eval.beam_widths,
          f"one width per index level ({num_levels}, from model.index.nodes_per_level)")
-  return check.errors + _index_errors(m.index, t)
+  return check.errors + _index_errors(m.index, t) + base_config_errors(m)
 
 
 def _index_errors(index: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> list:

@@ -11,7 +11,7 @@ index's nodes as keys there instead, see task_hsnn.py.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
 import ml_collections
@@ -19,8 +19,8 @@ import ml_collections
 from hsnn_jax.data.types import RecDataset
 from hsnn_jax.models import monn
 from hsnn_jax.train.sampler import Batch, DeviceInteractions
-from hsnn_jax.train.task import (Checks, ModelKind, RetrievalTask, sampled_loss,
-                                 user_side_params)
+from hsnn_jax.train.task import (Checks, FrozenBase, ModelKind, RetrievalTask, add_base_fields,
+                                 base_config_errors, sampled_loss, user_side_params)
 
 HISTORY_MODES = ("full", "causal")
 
@@ -35,6 +35,7 @@ def default_model_config(**fields) -> ml_collections.ConfigDict:
   m.history_len = 50
   m.item_attrs = True  # dataset item attributes as I2IF keys, when the dataset has them
   m.max_item_keys = 0  # > 0: keep each item's first max_item_keys attributes
+  add_base_fields(m)
   m.update(fields)
   return m
 
@@ -50,26 +51,39 @@ def monn_config(preset: str, overrides: Any = None, **fields: Any) -> monn.MoNNC
   return monn.monn_preset(preset, **{**_as_fields(overrides or {}), **fields})
 
 
-def build(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
+def build(cfg: ml_collections.ConfigDict, ds: RecDataset,
+          base: Optional[FrozenBase] = None) -> RetrievalTask:
+  """The MoNN task; with `base`, its logits are a residual over the frozen base's (the aux
+  holds the base's parameters, `()` without one)."""
   m, t = cfg.model, cfg.train
   config = monn_config(m.preset, m.overrides, num_tasks=1)
   keyed = bool(m.item_attrs) and ds.item_attrs is not None
   module = monn.MoNN.for_dataset(config, ds if keyed else _without_attrs(ds),
                                  max_keys=m.max_item_keys or None)
+  if base is not None:
+    base.check_compatible(m.history, m.history_len, m.base_workdir)
 
   def init(key, batch: Batch):
-    return module.init(key, batch.users, batch.positives)["params"], ()
+    params = module.init(key, batch.users, batch.positives)["params"]
+    if base is None:
+      return params, ()
+    return monn.zero_output(params), base.params
 
   def loss(params, aux, batch: Batch, key, data: DeviceInteractions, step):
     del key, step
     candidates = jnp.concatenate([batch.positives, batch.negatives])
     logits = module.apply({"params": params}, batch.users, candidates)[..., 0]
+    if base is not None:
+      logits = logits + base.pair_logits(aux, batch.users, candidates)
     value = sampled_loss(logits, batch, data, t)
     return value, ({"loss": value}, aux)
 
+  def scorer(params, aux):
+    own = monn.make_scorer(module, params, history_len=m.history_len)
+    return own if base is None else base.add_to(own, aux)
+
   return RetrievalTask(
-      init=init, loss=loss, history=m.history, history_len=m.history_len,
-      scorer=lambda params, aux: monn.make_scorer(module, params, history_len=m.history_len),
+      init=init, loss=loss, history=m.history, history_len=m.history_len, scorer=scorer,
       is_user_param=user_side_params(monn.USER_SIDE_PARAMS))
 
 
@@ -109,7 +123,7 @@ def config_errors(cfg: ml_collections.ConfigDict) -> list:
              m.history_len, "a positive int")
   check.need(m.preset in monn.PRESET_NAMES, "model.preset", m.preset,
              f"one of {monn.PRESET_NAMES}")
-  return check.errors + override_errors(m.overrides, [m.preset])
+  return check.errors + override_errors(m.overrides, [m.preset]) + base_config_errors(m)
 
 
 KIND = ModelKind("monn", build, default_model_config, config_errors)

@@ -129,7 +129,8 @@ def build(cfg: ml_collections.ConfigDict, ds: RecDataset) -> RetrievalTask:
   return RetrievalTask(init=init, loss=loss, scorer=lambda p, aux: two_tower.make_scorer(module, p),
                        history=history, history_len=m.history_len,
                        is_user_param=user_side_params(two_tower.USER_SIDE_PARAMS,
-                                                      two_tower.USER_SIDE_PATTERN))
+                                                      two_tower.USER_SIDE_PATTERN),
+                       logits=lambda p, users, items: module.apply({"params": p}, users, items))
 
 
 KIND = ModelKind("two_tower", build, default_model_config, config_errors)

@@ -52,7 +52,8 @@ from hsnn_jax.train.sharded_sampler import make_sampler
 from hsnn_jax.train import config_check, workdir_lock
 from hsnn_jax.train.checkpoint import CheckpointError, Checkpointer
 from hsnn_jax.train.sampler import DeviceInteractions, sample_batch, user_batch_for_eval
-from hsnn_jax.train.tasks import RetrievalTask, build_task
+from hsnn_jax.train.task import FrozenBase
+from hsnn_jax.train.tasks import RetrievalTask, build_task, model_kind
 from hsnn_jax.train.writer import MetricWriter, write_json_atomic
 
 
@@ -301,6 +302,50 @@ def _load_dataset_once(cfg: ml_collections.ConfigDict) -> RecDataset:
   return load_dataset(cfg)
 
 
+def load_base(cfg: ml_collections.ConfigDict, ds: RecDataset) -> FrozenBase | None:
+  """The frozen run under `cfg.model.base_workdir` (its best, else newest, checkpoint), or None.
+
+  The base is rebuilt from its own config.json on this run's dataset and cache; it must be a
+  'two_tower' run on the same data.
+  """
+  workdir = cfg.model.base_workdir if "base_workdir" in cfg.model else ""
+  if not workdir:
+    return None
+  with open(os.path.join(workdir, "config.json")) as fh:
+    saved = json.load(fh)
+  where = f"model.base_workdir={workdir!r}"
+  kind, dataset = saved.get("model", {}).get("kind"), saved.get("dataset")
+  if kind != "two_tower" or dataset != cfg.dataset:
+    raise ValueError(f"{where}: expected a 'two_tower' run on {cfg.dataset!r}, found a "
+                     f"{kind!r} run on {dataset!r}")
+  # Its config over today's defaults (fields added since it ran keep their defaults).
+  base_cfg = ml_collections.ConfigDict(cfg.to_dict())
+  base_cfg.model = model_kind("two_tower").default_model_config()
+  _update_known(base_cfg, saved)
+  base_cfg.cache_dir = cfg.cache_dir
+  trained = load_trained(base_cfg, workdir)
+  if (trained.ds.num_items, trained.ds.num_users) != (ds.num_items, ds.num_users):
+    raise ValueError(f"{where}: its dataset has {trained.ds.num_items} items and "
+                     f"{trained.ds.num_users} users, this run's {ds.num_items} and {ds.num_users}")
+  logging.info("frozen base: %s (step %d)", workdir, trained.step)
+  base_task = trained.task
+  return FrozenBase(params=trained.params, logits=base_task.logits,
+                    scorer=lambda params: base_task.scorer(params, ()),
+                    history=base_task.history, history_len=base_task.history_len,
+                    weight=float(cfg.model.base_weight))
+
+
+def _update_known(config: ml_collections.ConfigDict, values: dict) -> None:
+  """Sets every field of `values` that `config` has, recursively (others are ignored)."""
+  for key, value in values.items():
+    if key not in config:
+      continue
+    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      _update_known(config[key], value)
+    else:
+      config[key] = tuple(value) if isinstance(value, list) else value
+
+
 @dataclasses.dataclass
 class TrainingSetup:
   """Everything the loop needs, placed on the mesh: the initial state (before any resume)."""
@@ -324,7 +369,7 @@ def build_training(cfg: ml_collections.ConfigDict) -> TrainingSetup:
   mesh = mesh_lib.mesh_from_config(cfg)
   ds = _load_dataset_once(cfg)
   logging.info("%s; %s", ds.summary(), hardware_description(mesh))
-  task = build_task(cfg, ds)
+  task = build_task(cfg, ds, load_base(cfg, ds))
   t = cfg.train
   data = DeviceInteractions.from_dataset(ds, task.history_len, t.max_sequence,
                                          t.sample_unit)
