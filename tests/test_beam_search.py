@@ -88,6 +88,27 @@ def test_full_beams_with_hsnn_ensemble_weights_rank_by_the_ensemble_score():
   np.testing.assert_array_equal(np.asarray(got.ids), order)
 
 
+def test_negative_ensemble_weights_never_rank_nodes_worst_first():
+  """An ensemble that learnt negative index-level weights (beside a strong frozen base) still
+  keeps each level's best nodes; the items are ranked by the ensemble as learnt."""
+  assert bs.normalize_weights((-0.5, -0.25, -0.125, 1.0), 4) == (
+      (1.0,), (0.0, 1.0), (0.0, 0.0, 1.0), (-0.5, -0.25, -0.125, 1.0))
+  assert bs.normalize_weights((0.5, -0.2, 0.3, 1.0), 4)[2] == (0.5, 0.0, 0.3)
+  users, items = _vectors(5)
+  scorer, index = dot_scorer(users, items), tiny_index(items, seed=5)
+  built, ub = stages(scorer, index), user_batch(np.arange(NUM_USERS))
+  weights = (-0.5, -0.25, -0.125, 1.0)
+  got = searcher(scorer, index, (1, 2, 3), 20, built=built, level_weights=weights)(ub)
+  own = searcher(scorer, index, (1, 2, 3), 20, built=built, level_weights=(
+      (1.0,), (0.0, 1.0), (0.0, 0.0, 1.0), weights))(ub)
+  np.testing.assert_array_equal(np.asarray(got.ids), np.asarray(own.ids))
+  worst = searcher(scorer, index, (1, 2, 3), 20, built=built, level_weights=(
+      (-1.0,), (0.0, -1.0), (0.0, 0.0, -1.0), weights))(ub)
+  _, best_items = exhaustive_top_k(scorer, ub, 20, num_items=NUM_ITEMS)  # what levels track
+  found = lambda r: exactness_at_k(np.asarray(r.ids), np.asarray(best_items))
+  assert found(got) > found(worst), (found(got), found(worst))
+
+
 def test_exactness_never_falls_as_beams_widen():
   users, items = _vectors(3)
   scorer, index = dot_scorer(users, items), tiny_index(items, seed=3)

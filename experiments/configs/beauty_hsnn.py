@@ -20,6 +20,8 @@ Presets:
         exactness, items scored, latency).
         Validation (early stopping, best checkpoint) starts at step 1,500 (3,000 for
         'accelerator'), so the best checkpoint has its index in place.
+  'warm': the 'cpu' preset with the item level a residual over the frozen SASRec of
+        beauty_sasrec.py (beauty_monn_small.py's 'warm'); the index levels are unchanged.
   'accelerator': Table 5's monn_small item level, monn_medium / monn_small levels, index
         32 x 16 = 512 leaves, the levels on every (user, candidate) pair
         (level_scoring='pairs'), built at step 2,000 of 6,000 (beauty_monn_small's sizes).

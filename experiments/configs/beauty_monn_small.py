@@ -16,6 +16,10 @@ Presets:
         size (monn_small_lite: Table 5's embedding counts, narrower per-pair work, see monn.py),
         128 examples x (128 in-batch + 256 uniform) candidates per step, 3,000 steps,
         validation on 1,000 users.
+  'warm': the 'cpu' preset as a residual over the frozen SASRec base of beauty_sasrec.py (run
+        it first with --workdir=runs/beauty_sasrec): logit = MoNN logit + base logit, the MoNN's
+        output layer zeroed at init so training starts at the base (task.py FrozenBase); a
+        50-item history, the base's window.
   'accelerator': MoNN Small of HSNN Table 5, 256 x (256 + 1024) candidates, 6,000 steps,
         validation on every user.
 """

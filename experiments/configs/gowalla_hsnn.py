@@ -22,6 +22,8 @@ Presets:
         (user, node) (model.level_scoring='nodes'); gowalla_monn_small's 256 x (256 + 512)
         candidates; built at step 2,000 of 6,000; beam search 8 x 64 with at most 4,096 items
         scored per query.
+  'warm': the 'cpu' preset with the item level a residual over the frozen two-tower of
+        gowalla_two_tower.py (gowalla_monn_small.py's 'warm'); the index levels are unchanged.
   'accelerator': Table 5's monn_small item level, monn_medium / monn_small levels on every
         (user, candidate) pair, index 64 x 16 = 1024 leaves, built at step 2,000 of 12,000.
 """

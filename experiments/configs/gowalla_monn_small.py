@@ -13,6 +13,9 @@ Presets:
   'cpu' (default): monn_small_lite (monn.py's public-data size) without the interaction tower,
         which would only see zeros here; 256 examples x (256 in-batch + 512 uniform) candidates
         per step, 6,000 steps (about 2 epochs of the 810K training pairs).
+  'warm': the 'cpu' preset as a residual over the frozen two-tower of gowalla_two_tower.py (run
+        it first with --workdir=runs/gowalla_two_tower): logit = MoNN logit + base logit, the
+        MoNN's output layer zeroed at init so training starts at the base (task.py FrozenBase).
   'accelerator': MoNN Small of Table 5 (its interaction tower sees zeros), 1024 x (1024 + 1024)
         candidates, 12,000 steps: every (user, candidate) pair runs the OverArch and the
         interaction tower.

@@ -29,8 +29,9 @@ Ensemble: the score that ranks a candidate at stage l is sum_j w[l][j] * s_j, ov
 of the candidate's ancestors (j < l) and its own (j = l). `level_weights=None` uses only the
 current stage's score (w[l] = one-hot at l), so the item ranking is the item scorer's own, and
 beam search can be compared with exhaustive scoring of that scorer; "sum" adds all levels; a flat
-list of L + 1 weights is HSNN's linear ensemble (row l = its first l + 1 weights); or give one
-row of l + 1 weights per stage (L index levels, then the item level).
+list of L + 1 weights is HSNN's linear ensemble (row l = its first l + 1 weights, clipped at 0
+for the index stages: `_index_stage_row`); or give one row of l + 1 weights per stage (L index
+levels, then the item level).
 
 Counts for cost accounting: `stage_scored` [B, L] non-padding nodes scored per level and
 `items_scored` [B] non-padding items scored (excluded items included: they are scored, then
@@ -193,12 +194,22 @@ def normalize_weights(level_weights: Weights, num_stages: int) -> Tuple[Tuple[fl
     flat = tuple(float(w) for w in level_weights)
     if len(flat) != num_stages:
       raise ValueError(f"level_weights needs {num_stages} ensemble weights, got {len(flat)}")
-    return tuple(flat[:l + 1] for l in range(num_stages))
+    return tuple(_index_stage_row(flat[:l + 1]) for l in range(num_stages - 1)) + (flat,)
   rows = tuple(tuple(float(w) for w in row) for row in level_weights)
   if len(rows) != num_stages or any(len(row) != l + 1 for l, row in enumerate(rows)):
     raise ValueError(f"level_weights needs {num_stages} rows of lengths 1..{num_stages}, "
                      f"got lengths {[len(r) for r in rows]}")
   return rows
+
+
+def _index_stage_row(weights: Tuple[float, ...]) -> Tuple[float, ...]:
+  """How an index stage ranks its nodes under a flat ensemble: its weights clipped at 0, or its
+  own score alone when its own weight is not positive. A negative weight (the ensemble learnt
+  to discount a level, e.g. beside a strong frozen base) would rank the nodes worst first; the
+  item stage keeps the weights as learnt, so the final ranking is the ensemble's."""
+  if weights[-1] <= 0:
+    return tuple(float(j == len(weights) - 1) for j in range(len(weights)))
+  return tuple(max(w, 0.0) for w in weights)
 
 
 @dataclasses.dataclass(frozen=True)

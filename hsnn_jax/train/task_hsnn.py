@@ -23,6 +23,11 @@ alpha_schedule(t - built, num_steps - built).
 
 I2IF keys: the dataset's item attributes when present (and `model.item_attrs`); otherwise the
 item's index nodes (index/lifecycle.py), -1 before the index is built.
+
+Warm start [ours]: with `model.base_workdir`, the item level's logits are a residual over a
+frozen trained two-tower's (task.py FrozenBase), everywhere the item level is read: its loss,
+the ensemble, exhaustive scoring and the beam search's item stage. The index levels, the item
+embeddings the index quantizes and the index life cycle are unchanged.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ when it has them and `model.item_attrs` is on; otherwise every item is keyless (
 set), so on attribute-free data such as Gowalla the interaction tower sees all-zero I2IF
 features and the MoNN reduces to its user/item towers and OverArch. (HSNN uses its learned
 index's nodes as keys there instead, see task_hsnn.py.)
+
+With `model.base_workdir` (warm start), the logits are a residual over a frozen trained
+two-tower's (task.py FrozenBase), the MoNN's output layer zeroed at init.
 """
 
 from __future__ import annotations
